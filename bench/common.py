@@ -1,0 +1,48 @@
+"""Helpers shared by the benchmarks: interleaved timing with medians, peak memory in a subprocess."""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 7, warmup: int = 2) -> dict[str, float]:
+    """Median seconds per call of each function, running them in turn (A B C A B C ...) so that
+    machine noise hits all of them alike."""
+    for _ in range(warmup):
+        for f in fns.values():
+            f()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def peak_rss_of(code: str) -> dict:
+    """Run `code` in a fresh interpreter; it must print one JSON object. Adds the process's peak RSS."""
+    wrapper = code + "\nimport resource, json as _j\n"
+    out = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def vm_hwm_bytes() -> int:
+    """Peak resident set size of this process so far (Linux /proc)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("VmHWM not available")
+
+
+def reset_peak() -> None:
+    """Reset VmHWM to the current RSS (Linux >= 4.0), so a later reading measures only what follows."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")

@@ -1,0 +1,27 @@
+"""clipguide: text-guided image generation and editing with CLIP as a loss.
+
+Public API (everything else is internal and may change)::
+
+    model = clipguide.load("default")                  # or "openai:ViT-B-32", a file, an HF directory
+    feats = model.encode_image(model.preprocess(images))
+    text = model.encode_text(model.tokenize(["a red circle"]))
+"""
+from .checkpoints import FORMATS, bundled_models, create_model, load, save
+from .errors import (CheckpointError, ClipguideError, ConfigError, InputError, TextTooLongError,
+                     WeightsNotFoundError)
+from .models import CLIP, CLIPConfig, TextConfig, VisionConfig, get_config, list_models
+from .preprocess import Preprocess, load_image, save_image
+from .tokenizer import Tokenizer
+from .version import __version__
+
+__all__ = [
+    "__version__",
+    # models
+    "CLIP", "CLIPConfig", "VisionConfig", "TextConfig", "list_models", "get_config", "create_model",
+    # checkpoints
+    "load", "save", "bundled_models", "FORMATS",
+    # text and images
+    "Tokenizer", "Preprocess", "load_image", "save_image",
+    # errors
+    "ClipguideError", "ConfigError", "CheckpointError", "InputError", "TextTooLongError", "WeightsNotFoundError",
+]

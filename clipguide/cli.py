@@ -1,0 +1,162 @@
+"""The `clipguide` command."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _add_load_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=["clipguide", "openai", "open_clip", "hf"], default=None,
+                   help="checkpoint layout; detected from the file when omitted")
+    p.add_argument("--arch", default=None, help="architecture name when tensor shapes are ambiguous")
+    p.add_argument("--activation", choices=["gelu", "quick_gelu"], default=None,
+                   help="activation for layouts that do not record it (openai: quick_gelu, open_clip: gelu)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="fp32, bf16 (autocast on CPU) or fp16 (CUDA only); default fp32")
+
+
+def _load(args):
+    import clipguide
+
+    return clipguide.load(args.model, device=args.device, precision=args.precision, format=args.format,
+                          arch=args.arch, activation=args.activation)
+
+
+def cmd_models(args) -> int:
+    import clipguide
+    from clipguide import hub
+
+    print("architectures:", ", ".join(clipguide.list_models()))
+    print("bundled weights:", ", ".join(clipguide.bundled_models()) or "(none)")
+    print("remote weights:", ", ".join(sorted(hub.REMOTE)))
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    model = _load(args)
+    info = {"source": model.source, "format": model.format, "parameters": model.num_parameters(),
+            "config": model.config.to_dict(),
+            "tokenizer": repr(model.tokenizer) if model.tokenizer is not None else None}
+    print(json.dumps(info, indent=2))
+    if model.model_card:
+        print(model.model_card)
+    return 0
+
+
+def cmd_convert(args) -> int:
+    import torch
+
+    import clipguide
+
+    model = _load(args)
+    out = clipguide.save(model, args.out, dtype=torch.float16 if args.fp16 else None,
+                         model_card=model.model_card or f"Converted from {model.source} ({model.format} layout).")
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_encode(args) -> int:
+    import torch
+
+    model = _load(args)
+    if not args.image or not args.text:
+        raise SystemExit("encode needs at least one --image and one --text")
+    with torch.no_grad():
+        img = model.encode_image(model.preprocess([Path(p) for p in args.image]), normalize=True)
+        txt = model.encode_text(model.tokenize(args.text, truncate=args.truncate), normalize=True)
+        probs = (model.logit_scale.exp() * img @ txt.T).softmax(dim=-1)
+    for path, row in zip(args.image, probs.tolist()):
+        best = max(range(len(row)), key=row.__getitem__)
+        print(json.dumps({"image": path, "best": args.text[best],
+                          "probs": {t: round(p, 4) for t, p in zip(args.text, row)}}))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """The best end-to-end thing the package does today: load a model, encode pictures and captions,
+    and print which caption each picture matches."""
+    import torch
+
+    import clipguide
+
+    name = args.model or ("default" if "default" in clipguide.bundled_models() else None)
+    if name is None:
+        print("no bundled model yet: building a randomly initialised ViT-nano to show the pipeline "
+              "(scores are meaningless until a trained model is bundled)")
+        from clipguide.tokenizer import Tokenizer
+
+        captions = ["a red circle", "a blue square", "a green triangle", "a yellow star"]
+        tok = Tokenizer.train([c for c in captions for _ in range(3)], vocab_size=600, context_length=16)
+        torch.manual_seed(0)
+        model = clipguide.create_model("ViT-nano", tokenizer=tok).eval()
+    else:
+        model = clipguide.load(name)
+        captions = ["a red circle", "a blue square", "a green triangle", "a yellow star"]
+    size = model.config.vision.image_size
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    disc = ((xx ** 2 + yy ** 2) < 0.4).float()
+    colours = torch.tensor([[1.0, 0.1, 0.1], [0.1, 0.2, 1.0], [0.1, 0.8, 0.2], [1.0, 0.9, 0.1]])
+    images = 1 - disc + disc * colours[:, :, None, None]          # (4, 3, S, S) coloured discs on white
+    with torch.no_grad():
+        img = model.encode_image(model.preprocess(images), normalize=True)
+        txt = model.encode_text(model.tokenize(captions), normalize=True)
+        probs = (100 * img @ txt.T).softmax(-1)
+    for i, row in enumerate(probs.tolist()):
+        best = max(range(len(row)), key=row.__getitem__)
+        print(f"picture {i} ({captions[i]}): best caption {captions[best]!r} p={row[best]:.2f}")
+    print(f"model: {model.num_parameters():,} parameters, {model.config.vision.image_size} px input")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clipguide", description=(
+        "Text-guided image generation and editing with CLIP as a loss. "
+        "Models are named like 'default' (bundled), 'openai:ViT-B-32' (remote, cached), or given as a path "
+        "to a checkpoint file or a Hugging Face model directory."))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("models", help="list architectures, bundled and remote weights")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("inspect", help="load a checkpoint and print its format, config and model card")
+    p.add_argument("model", help="model name or checkpoint path")
+    _add_load_args(p)
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("convert", help="convert any supported checkpoint to a clipguide safetensors file")
+    p.add_argument("model", help="model name or checkpoint path")
+    p.add_argument("out", help="output .safetensors path")
+    p.add_argument("--fp16", action="store_true", help="store the weights in fp16 (half the size)")
+    _add_load_args(p)
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("encode", help="zero-shot: which of the texts best matches each image")
+    p.add_argument("--model", default="default", help="model name or checkpoint path (default: bundled 'default')")
+    p.add_argument("--image", action="append", default=[], help="image file (repeatable)")
+    p.add_argument("--text", action="append", default=[], help="candidate text (repeatable)")
+    p.add_argument("--truncate", action="store_true", help="cut texts longer than the context instead of failing")
+    _add_load_args(p)
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("demo", help="run the end-to-end demo on the embedded default model")
+    p.add_argument("--model", default=None, help="model name or path (default: the bundled 'default')")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from clipguide.errors import ClipguideError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ClipguideError as e:
+        print(f"clipguide: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Building blocks shared by the towers: fp32 layer norm, activations, attention, the Transformer.
+
+Parameter names follow the layout of the released CLIP checkpoints (`attn.in_proj_weight`,
+`mlp.c_fc`, `ln_1` ...), so those state dicts load without renaming."""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+class LayerNorm(nn.LayerNorm):
+    """Layer norm computed in fp32 whatever the input dtype (stable under bf16/fp16)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        w = self.weight.float() if self.weight is not None else None
+        b = self.bias.float() if self.bias is not None else None
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(dtype)
+
+
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x): the activation of the originally released CLIP models."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+ACTIVATION_LAYERS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "quick_gelu": QuickGELU}
+
+
+class MultiheadAttention(nn.Module):
+    """Self-attention with a fused input projection, on batch-first tensors."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
+        self.out_proj = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        B, N, D = x.shape
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)            # (B, N, 3D)
+        qkv = qkv.view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)                                               # (B, H, N, Dh)
+        if q.dtype != torch.float32 and q.device.type == "cpu":
+            # softmax in fp32 on CPU low precision: the math is cheap next to the projections
+            o = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=causal).to(q.dtype)
+        else:
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # (B, H, N, Dh)
+        return self.out_proj(o.transpose(1, 2).reshape(B, N, D))
+
+
+class ResidualAttentionBlock(nn.Module):
+    def __init__(self, width: int, heads: int, mlp_ratio: float, activation: str, eps: float):
+        super().__init__()
+        hidden = int(width * mlp_ratio)
+        self.ln_1 = LayerNorm(width, eps=eps)
+        self.attn = MultiheadAttention(width, heads)
+        self.ln_2 = LayerNorm(width, eps=eps)
+        self.mlp = nn.Sequential(OrderedDict([
+            ("c_fc", nn.Linear(width, hidden)),
+            ("gelu", ACTIVATION_LAYERS[activation]()),
+            ("c_proj", nn.Linear(hidden, width)),
+        ]))
+
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), causal=causal)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float, activation: str, eps: float):
+        super().__init__()
+        self.width, self.layers = width, layers
+        self.grad_checkpointing = False
+        self.resblocks = nn.ModuleList(
+            ResidualAttentionBlock(width, heads, mlp_ratio, activation, eps) for _ in range(layers))
+
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:  # (B, N, D) -> (B, N, D)
+        for block in self.resblocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, causal, use_reentrant=False)
+            else:
+                x = block(x, causal=causal)
+        return x
+
+    def init_weights(self) -> None:
+        """The initialisation CLIP was trained from: scaled normals, deeper layers smaller."""
+        proj_std = self.width ** -0.5 * (2 * self.layers) ** -0.5
+        attn_std = self.width ** -0.5
+        fc_std = (2 * self.width) ** -0.5
+        for block in self.resblocks:
+            nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
+            nn.init.zeros_(block.attn.in_proj_bias)
+            nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+            nn.init.zeros_(block.attn.out_proj.bias)
+            nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
+            nn.init.zeros_(block.mlp.c_fc.bias)
+            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+            nn.init.zeros_(block.mlp.c_proj.bias)
