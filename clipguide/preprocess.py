@@ -61,12 +61,12 @@ def resize_center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
     """Resize the shorter side to `size` (bicubic, antialiased) and crop the centre square: (B,3,H,W) -> (B,3,S,S)."""
     H, W = images.shape[-2:]
     if (H, W) != (size, size):
-        scale = size / min(H, W)
-        nh, nw = max(size, round(H * scale)), max(size, round(W * scale))
+        # shorter side -> size, longer side scaled and truncated (the convention of the released models)
+        nh, nw = (size, int(size * W / H)) if H <= W else (int(size * H / W), size)
         if (nh, nw) != (H, W):
             images = F.interpolate(images, size=(nh, nw), mode="bicubic", align_corners=False,
                                    antialias=nh < H or nw < W)
-        top, left = (nh - size) // 2, (nw - size) // 2
+        top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
         images = images[..., top:top + size, left:left + size]
     return images
 
