@@ -111,6 +111,26 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from clipguide.train.config import TrainConfig
+    from clipguide.train.trainer import Trainer
+
+    cfg = TrainConfig.from_file(args.config, args.set or [])
+    eval_fn = None
+    if cfg.data.split(":")[0] == "world" and not args.no_eval:
+        from clipguide.train.evaluate import world_eval_fn
+
+        eval_fn = world_eval_fn(cfg.eval_samples)
+    trainer = Trainer(cfg, eval_fn=eval_fn)
+    if not args.resume and trainer.latest_checkpoint() is not None:
+        raise SystemExit(f"{cfg.out_dir} already holds checkpoints: pass --resume to continue that run, "
+                         "or choose another out_dir")
+    path = trainer.run(resume=args.resume)
+    if trainer.rank == 0:
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clipguide", description=(
         "Text-guided image generation and editing with CLIP as a loss. "
@@ -140,6 +160,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truncate", action="store_true", help="cut texts longer than the context instead of failing")
     _add_load_args(p)
     p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("train", help="train a CLIP contrastively (torchrun for several processes)",
+                       description="Train or fine-tune a CLIP. Options come from a JSON file (--config) and "
+                       "--set key=value overrides, checked against clipguide.train.config.TrainConfig "
+                       "(e.g. --set steps=2000 --set batch_size=256 --set arch.vision.width=192). "
+                       "Several processes: torchrun --nproc_per_node N -m clipguide train ...")
+    p.add_argument("--config", default=None, help="JSON file of TrainConfig fields")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one field (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in out_dir")
+    p.add_argument("--no-eval", action="store_true", help="skip the zero-shot evaluation on world data")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="run the end-to-end demo on the embedded default model")
     p.add_argument("--model", default=None, help="model name or path (default: the bundled 'default')")

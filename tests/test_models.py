@@ -198,3 +198,23 @@ def test_precision_argument_checked():
         model.set_precision("fp8")
     with pytest.raises(InputError, match="CUDA"):
         model.set_precision("fp16")
+
+
+@pytest.mark.parametrize("arch", ["ViT-nano", "RN-nano"])
+def test_frozen_weights_fast_path_gives_the_same_input_gradient(arch):
+    """Guidance freezes the weights, which takes another matrix-multiply kernel: same numbers."""
+    torch.manual_seed(0)
+    model = build_model(arch).eval()
+    s = model.config.vision.image_size
+    x = torch.randn(2, 3, s, s)
+    a = x.clone().requires_grad_(True)
+    ref = model.encode_image(a)
+    ref.square().sum().backward()
+    model.requires_grad_(False)
+    b = x.clone().requires_grad_(True)
+    out = model.encode_image(b)
+    out.square().sum().backward()
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_image(x), ref, atol=1e-5, rtol=1e-4)

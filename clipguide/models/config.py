@@ -5,61 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..typedconfig import check_fields as _check_fields
 
 ACTIVATIONS = ("gelu", "quick_gelu")
-
-
-def _coerce(value: Any, want: Any) -> tuple[bool, Any]:
-    """Whether `value` fits the annotation `want`, and the value converted (lists become tuples)."""
-    origin = typing.get_origin(want)
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(want):
-            ok, v = _coerce(value, arg)
-            if ok:
-                return True, v
-        return False, value
-    if want is type(None):
-        return value is None, value
-    if origin is tuple:
-        (item, _ellipsis) = typing.get_args(want)
-        if not isinstance(value, (list, tuple)) or not value:
-            return False, value
-        items = [_coerce(x, item) for x in value]
-        return all(ok for ok, _ in items), tuple(v for _, v in items)
-    if isinstance(value, bool) and want is not bool:
-        return False, value
-    if want is float:
-        return isinstance(value, (int, float)), float(value) if isinstance(value, (int, float)) else value
-    if isinstance(want, type):
-        return isinstance(value, want), value
-    return False, value
-
-
-def _check_fields(cls: type, data: Any, where: str) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a JSON object, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(names)}")
-    hints = typing.get_type_hints(cls)
-    out = {}
-    for k, v in data.items():
-        if dataclasses.is_dataclass(hints[k]):
-            out[k] = v          # nested sections are checked by their own class
-            continue
-        ok, v2 = _coerce(v, hints[k])
-        if not ok:
-            raise ConfigError(f"{where}: key {k!r} must be {hints[k]}, got {v!r}")
-        out[k] = v2
-    return out
 
 
 @dataclass

@@ -1,0 +1,75 @@
+"""Small typed configurations: dataclasses read from dicts / JSON, unknown keys and wrong types
+rejected, dotted `key=value` overrides parsed against the field types."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from typing import Any
+
+from .errors import ConfigError
+
+
+def coerce(value: Any, want: Any) -> tuple[bool, Any]:
+    """Whether `value` fits the annotation `want`, and the value converted (lists become tuples)."""
+    origin = typing.get_origin(want)
+    if want is Any:
+        return True, value
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(want):
+            ok, v = coerce(value, arg)
+            if ok:
+                return True, v
+        return False, value
+    if want is type(None):
+        return value is None, value
+    if origin is tuple:
+        (item, _ellipsis) = typing.get_args(want)
+        if not isinstance(value, (list, tuple)) or not value:
+            return False, value
+        items = [coerce(x, item) for x in value]
+        return all(ok for ok, _ in items), tuple(v for _, v in items)
+    if origin is dict:
+        return isinstance(value, dict), value
+    if isinstance(value, bool) and want is not bool:
+        return False, value
+    if want is float:
+        return isinstance(value, (int, float)), float(value) if isinstance(value, (int, float)) else value
+    if isinstance(want, type):
+        return isinstance(value, want), value
+    return False, value
+
+
+def check_fields(cls: type, data: Any, where: str) -> dict[str, Any]:
+    """`data` checked against the fields of dataclass `cls`: unknown keys and wrong types raise
+    ConfigError. Nested dataclass fields are passed through for their own class to check."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(names)}")
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for k, v in data.items():
+        if dataclasses.is_dataclass(hints[k]):
+            out[k] = v
+            continue
+        ok, v2 = coerce(v, hints[k])
+        if not ok:
+            raise ConfigError(f"{where}: key {k!r} must be {hints[k]}, got {v!r}")
+        out[k] = v2
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`key=value` -> (key, value); the value is read as JSON when it parses, else as a string."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
