@@ -104,6 +104,7 @@ class ModifiedResNet(nn.Module):
                 nn.init.zeros_(block.bn3.weight)   # each residual branch starts as identity
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:                  # (B, 3, S, S) -> (B, E)
+        x = x.contiguous(memory_format=torch.channels_last)                # the faster layout for convolutions
         x = F.relu(self.bn1(self.conv1(x)))
         x = F.relu(self.bn2(self.conv2(x)))
         x = self.avgpool(F.relu(self.bn3(self.conv3(x))))                  # (B, W, S/4, S/4)
