@@ -1,0 +1,1 @@
+"""Contrastive training of CLIP encoders: data sources, loss, trainer, evaluation."""

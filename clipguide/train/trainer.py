@@ -1,0 +1,369 @@
+"""Contrastive training from one CPU process to many GPUs (torchrun).
+
+One step: this rank's slice of the global batch -> normalised features -> gathered from every rank
+with gradients -> symmetric InfoNCE -> gradients averaged over ranks -> AdamW -> logit scale clamped
+at 100. Data, augmentation and sampling depend only on (seed, step), and checkpoints hold the model,
+optimiser and RNG state, so a run killed at any point and resumed ends with the same weights as one
+never interrupted."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+from .. import checkpoints
+from ..errors import CheckpointError, ConfigError
+from ..models import CLIP, get_config
+from ..version import __version__
+from .config import TrainConfig
+from .loss import clip_loss, gather_features
+
+log = logging.getLogger(__name__)
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# processes
+# ---------------------------------------------------------------------------------------------------
+def init_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world_size, device) from torchrun's environment; gloo on CPU, nccl on GPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
+    """Sum every gradient over ranks in one flat buffer and divide by the number of ranks."""
+    if world == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up to `lr`, then cosine decay to `min_lr` at the last step."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices and convolutions only (not on gains, biases, embeddings' scales)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim >= 2 and "embedding" not in name else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+# ---------------------------------------------------------------------------------------------------
+# atomic files
+# ---------------------------------------------------------------------------------------------------
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the trainer
+# ---------------------------------------------------------------------------------------------------
+class Trainer:
+    """Runs `cfg`. `eval_fn(model) -> dict` is called every `eval_every` steps and at the end."""
+
+    def __init__(self, cfg: TrainConfig, source=None, eval_fn: Callable[[CLIP], dict] | None = None,
+                 progress: bool = True):
+        from .data import BatchStream, open_source
+
+        self.cfg = cfg.validate()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.rank, self.world, self.device = init_distributed()
+        if cfg.batch_size % (self.world * cfg.accum_steps):
+            raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by processes x accum_steps "
+                              f"= {self.world} x {cfg.accum_steps}")
+        self.out = Path(cfg.out_dir)
+        self.ckpt_dir = self.out / "checkpoints"
+        self.source = source if source is not None else open_source(cfg.data)
+        self.eval_fn = eval_fn
+        self.progress = progress and self.rank == 0
+        torch.manual_seed(cfg.seed)
+        self.model = self._build_model().to(self.device)
+        self.model.precision = cfg.precision if self.device.type == "cpu" else "fp32"
+        self.model.set_grad_checkpointing(cfg.grad_checkpointing)
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
+                                           betas=tuple(cfg.betas), eps=cfg.eps)
+        self.stream = BatchStream(self.source, cfg.batch_size, self.model.config.vision.image_size, cfg.seed,
+                                  rank=self.rank, world_size=self.world, num_workers=cfg.num_workers)
+        self.step = 0
+        self.elapsed = 0.0
+        self.history: list[dict] = []
+
+    # --- model and tokenizer ---------------------------------------------------------------------
+    def _build_model(self) -> CLIP:
+        cfg = self.cfg
+        name = cfg.model
+        is_arch = not Path(name).exists() and name not in checkpoints.bundled_models() and ":" not in name
+        if not is_arch:                                       # fine-tune a loadable checkpoint
+            model = checkpoints.load(name)
+            if cfg.arch:
+                raise ConfigError("arch overrides apply to training from scratch, not to fine-tuning a checkpoint")
+            if cfg.tokenizer in ("train",):
+                raise ConfigError("a fine-tuned model keeps its tokenizer: use tokenizer=auto or model")
+            return model.train()
+        arch = get_config(name)
+        tokenizer = self._make_tokenizer(arch.text.context_length)
+        changes = dict(cfg.arch)
+        changes["text.vocab_size"] = tokenizer.vocab_size
+        try:
+            arch = arch.replace(**changes)
+        except ConfigError as e:
+            raise ConfigError(f"arch overrides {cfg.arch}: {e}") from None
+        return checkpoints.create_model(arch, tokenizer=tokenizer).train()
+
+    def _make_tokenizer(self, context_length: int):
+        from ..tokenizer import Tokenizer, find_openai_vocab
+
+        cfg = self.cfg
+        if cfg.tokenizer == "openai":
+            return Tokenizer.from_openai(find_openai_vocab(), context_length=context_length)
+        if cfg.tokenizer == "model":
+            raise ConfigError("tokenizer=model needs a checkpoint in `model`, not an architecture name")
+        captions = self._corpus(cfg.tokenizer_corpus)
+        return Tokenizer.train(captions, vocab_size=cfg.vocab_size, context_length=context_length)
+
+    def _corpus(self, n: int) -> list[str]:
+        n = min(n, len(self.source)) if hasattr(self.source, "__len__") else n
+        if hasattr(self.source, "captions"):
+            return list(self.source.captions(n))
+        return [self.source.load(i)[1] for i in range(n)]
+
+    # --- checkpoints -----------------------------------------------------------------------------
+    def latest_checkpoint(self) -> Path | None:
+        found = sorted(self.ckpt_dir.glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+        return found[-1] if found else None
+
+    def save_checkpoint(self) -> Path | None:
+        if self.rank == 0:
+            path = self.ckpt_dir / f"step_{self.step:08d}.pt"
+            atomic_torch_save({
+                "step": self.step, "elapsed": self.elapsed, "version": __version__,
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "rng": torch.get_rng_state(), "config": self.cfg.to_dict(),
+                "model_config": self.model.config.to_json(), "tokenizer": self.model.tokenizer.to_json(),
+                "data_stats": json.dumps(self.stream.stats),
+            }, path)
+            old = sorted(self.ckpt_dir.glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+            for p in old[:-self.cfg.keep_checkpoints]:
+                p.unlink(missing_ok=True)
+        if self.world > 1:
+            dist.barrier()
+        return self.latest_checkpoint()
+
+    def resume(self, path: Path | None = None) -> bool:
+        """Restore the latest (or given) checkpoint of this run; False when there is none."""
+        path = path or self.latest_checkpoint()
+        if path is None:
+            return False
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - torch raises many kinds on a damaged file
+            raise CheckpointError(f"cannot read training checkpoint {path} ({e}); delete it to resume from "
+                                  "the one before") from None
+        if state["model_config"] != self.model.config.to_json():
+            raise CheckpointError(f"{path} was written for another architecture; use a new out_dir")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
+        self.stream.stats.update(json.loads(state.get("data_stats", "{}")))
+        self._truncate_metrics()
+        log.info("resumed from %s at step %d", path, self.step)
+        return True
+
+    def _truncate_metrics(self) -> None:
+        path = self.out / "metrics.jsonl"
+        if self.rank != 0 or not path.exists():
+            return
+        keep = [line for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= self.step]
+        atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+    def _log(self, record: dict) -> None:
+        self.history.append(record)
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # --- one step --------------------------------------------------------------------------------
+    def _features(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.model.preprocess.normalize(images.to(self.device, torch.float32) / 255.0)
+        return self.model.encode_image(x, normalize=True), self.model.encode_text(tokens, normalize=True)
+
+    def train_step(self, step: int) -> float:
+        images, captions = self.stream.batch(step)                      # this rank's slice (uint8)
+        tokens = self.model.tokenize(captions, truncate=True)
+        k = self.cfg.accum_steps
+        img_chunks, tok_chunks = images.chunk(k), tokens.chunk(k)
+        self.optimizer.zero_grad(set_to_none=True)
+        if k == 1:
+            img, txt = self._features(images, tokens)
+            loss = clip_loss(gather_features(img), gather_features(txt), self.model.logit_scale.exp())
+            loss.backward()
+        else:
+            # exact accumulation: features of every micro-batch first (no graph), then each micro-batch
+            # again with its graph while the others stay fixed; the summed gradients equal the full batch's
+            with torch.no_grad():
+                cached = [self._features(i, t) for i, t in zip(img_chunks, tok_chunks)]
+            for j, (i, t) in enumerate(zip(img_chunks, tok_chunks)):
+                img_j, txt_j = self._features(i, t)
+                imgs = torch.cat([img_j if m == j else c[0] for m, c in enumerate(cached)])
+                txts = torch.cat([txt_j if m == j else c[1] for m, c in enumerate(cached)])
+                loss = clip_loss(gather_features(imgs), gather_features(txts), self.model.logit_scale.exp())
+                # logit_scale's gradient is complete in each micro-batch's loss: count it once
+                loss.backward(retain_graph=False)
+                if j == 0:
+                    scale_grad = self.model.logit_scale.grad.clone()
+            self.model.logit_scale.grad.copy_(scale_grad)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        average_gradients(params, self.world)
+        if self.cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
+        lr = lr_at(self.cfg, step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        return float(loss.detach())
+
+    # --- the loop --------------------------------------------------------------------------------
+    def run(self, resume: bool = True) -> Path:
+        cfg = self.cfg
+        if resume:
+            self.resume()
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out / "config.json", json.dumps(cfg.to_dict(), indent=2))
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        window_t, window_n = time.perf_counter(), 0
+        while self.step < cfg.steps:
+            t0 = time.perf_counter()
+            loss = self.train_step(self.step)
+            self.elapsed += time.perf_counter() - t0
+            self.step += 1
+            window_n += cfg.batch_size
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", scale=f"{self.model.logit_scale.exp().item():.1f}")
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                now = time.perf_counter()
+                self._log({"step": self.step, "loss": round(loss, 5), "lr": lr_at(cfg, self.step - 1),
+                           "logit_scale": round(self.model.logit_scale.exp().item(), 3),
+                           "samples_per_s": round(window_n / max(1e-9, now - window_t), 1),
+                           "train_seconds": round(self.elapsed, 1),
+                           "broken": self.stream.stats.get("broken", 0)})
+                window_t, window_n = now, 0
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                self._evaluate()
+            if self.step % cfg.save_every == 0 or self.step == cfg.steps:
+                self.save_checkpoint()
+        if bar is not None:
+            bar.close()
+        metrics = self._evaluate()
+        return self.export(metrics)
+
+    def _evaluate(self) -> dict:
+        if self.eval_fn is None or self.rank != 0:
+            return {}
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                metrics = self.eval_fn(self.model)
+        finally:
+            self.model.train()
+        self._log({"step": self.step, "eval": metrics})
+        return metrics
+
+    def export(self, metrics: dict) -> Path:
+        """Write model.safetensors (and model-fp16.safetensors) with a model card."""
+        path = self.out / "model.safetensors"
+        if self.rank == 0:
+            card = self.model_card(metrics)
+            self.model.eval()
+            checkpoints.save(self.model, path, model_card=card)
+            if self.cfg.export_fp16:
+                checkpoints.save(self.model, self.out / "model-fp16.safetensors", dtype=torch.float16, model_card=card)
+            (self.out / "MODEL_CARD.md").write_text(card)
+            self.model.train()
+        if self.world > 1:
+            dist.barrier()
+        return path
+
+    def model_card(self, metrics: dict) -> str:
+        cfg = self.cfg
+        last = next((h for h in reversed(self.history) if "loss" in h), {})
+        lines = [
+            f"# {Path(cfg.out_dir).name}",
+            "",
+            f"CLIP model trained by clipguide {__version__} with contrastive (symmetric InfoNCE) loss.",
+            "",
+            f"- architecture: {cfg.model} {json.dumps(cfg.arch) if cfg.arch else ''} "
+            f"({self.model.num_parameters():,} parameters, {self.model.config.vision.image_size} px input)",
+            f"- data: {cfg.data}; steps: {cfg.steps}; global batch: {cfg.batch_size}; seed: {cfg.seed}; "
+            f"processes: {self.world}; precision: {cfg.precision}",
+            f"- optimiser: AdamW lr {cfg.lr} (warm-up {cfg.warmup}, cosine to {cfg.min_lr}), "
+            f"weight decay {cfg.weight_decay}, betas {list(cfg.betas)}",
+            f"- training time: {self.elapsed / 60:.1f} min; final loss {last.get('loss')}; "
+            f"logit scale {last.get('logit_scale')}",
+            f"- data: {json.dumps(self.stream.stats)}",
+            "",
+            "## Evaluation",
+            "",
+            "```json",
+            json.dumps(metrics, indent=2),
+            "```",
+        ]
+        if cfg.model_card:
+            lines += ["", cfg.model_card]
+        return "\n".join(lines) + "\n"

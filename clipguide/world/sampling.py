@@ -1,0 +1,239 @@
+"""Random SceneSpecs of each sample kind, for a split ('train', 'eval' or 'all').
+
+'train' never produces a held-out composition; 'eval' produces only the held-out compositions of
+its kind (built from training colour-shape pairs, so one thing is new at a time); 'all' produces
+everything."""
+from __future__ import annotations
+
+import itertools
+import math
+
+from ..errors import ConfigError
+from .heldout import (EVAL_COLOUR_SHAPE, EVAL_SCENES, HELDOUT_COUNT_SHAPE, HELDOUT_RELATION_COLOURS,
+                      TRAIN_COLOUR_SHAPE, TRAIN_SCENES)
+from .rng import Rng
+from .scenes import DEFAULT_HORIZON, HORIZON_RANGE
+from .spec import BackgroundSpec, LandscapeSpec, SceneSpec, ShapeSpec
+from .vocab import (COLOURS, COUNTS, MIN_CONTRAST, NEUTRAL_BACKGROUND, PALETTE, POSITIONS, RGB,
+                    RELATIONS, SCENE_CLASSES, SHAPES, SIZE_RADIUS, SIZES, TEXTURE_TONES,
+                    colour_distance)
+
+SPLITS = ("train", "eval", "all")
+MARGIN = 0.05            # empty border around shapes, as a fraction of the image side
+PLAIN_CONTRAST = 0.45    # a plain background colour is at least this far from every shape colour
+TEXTURE_CONTRAST = 0.4   # same for each tone of a textured background
+JITTER_MARGIN = 0.1      # a jittered colour stays this much closer to its own palette colour
+
+ALL_COLOUR_SHAPE = tuple(itertools.product(COLOURS, SHAPES))
+_TRAIN_PAIRS = frozenset(TRAIN_COLOUR_SHAPE)
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+def colour_shape_pairs(split: str) -> tuple[tuple[str, str], ...]:
+    """The colour-shape pairs a single-object sample of this split may show."""
+    _check_split(split)
+    return {"train": TRAIN_COLOUR_SHAPE, "eval": EVAL_COLOUR_SHAPE, "all": ALL_COLOUR_SHAPE}[split]
+
+
+def count_shape_pairs(split: str) -> tuple[tuple[int, str], ...]:
+    """The (count, shape) pairs a counting sample of this split may show."""
+    _check_split(split)
+    pairs = tuple(itertools.product(COUNTS, SHAPES))
+    if split == "train":
+        return tuple(p for p in pairs if p not in HELDOUT_COUNT_SHAPE)
+    if split == "eval":
+        return tuple(p for p in pairs if p in HELDOUT_COUNT_SHAPE)
+    return pairs
+
+
+def relation_colour_pairs(split: str) -> tuple[tuple[str, str], ...]:
+    """The ordered (first, second) colour pairs a relation sample of this split may show."""
+    _check_split(split)
+    pairs = tuple((a, b) for a in COLOURS for b in COLOURS if a != b)
+    if split == "train":
+        return tuple(p for p in pairs if frozenset(p) not in HELDOUT_RELATION_COLOURS)
+    if split == "eval":
+        return tuple(p for p in pairs if frozenset(p) in HELDOUT_RELATION_COLOURS)
+    return pairs
+
+
+def scene_pairs(split: str) -> tuple[tuple[str, str], ...]:
+    """The (scene object, condition) pairs a scene sample of this split may show."""
+    _check_split(split)
+    return {"train": TRAIN_SCENES, "eval": EVAL_SCENES, "all": SCENE_CLASSES}[split]
+
+
+def _shapes_for(colour: str, split: str) -> tuple[str, ...]:
+    """Shapes that may be drawn in `colour` inside counting and relation samples: training pairs
+    only, except for split 'all'."""
+    if split == "all":
+        return SHAPES
+    return tuple(s for s in SHAPES if (colour, s) in _TRAIN_PAIRS)
+
+
+# ---- colours and backgrounds --------------------------------------------------------------------
+
+def jitter_colour(rng: Rng, name: str, amount: float = 1.0) -> RGB:
+    """The palette colour with a small random change of brightness and tint that never brings it
+    near another palette colour."""
+    base = PALETTE[name]
+    if amount <= 0:
+        return base
+    for _ in range(6):
+        b = 1.0 + amount * rng.uniform(-0.12, 0.08)
+        rgb = tuple(min(max(c * b + amount * rng.uniform(-0.05, 0.05), 0.0), 1.0) for c in base)
+        own = colour_distance(rgb, base)
+        if all(own + JITTER_MARGIN < colour_distance(rgb, PALETTE[o]) for o in COLOURS if o != name):
+            return rgb  # type: ignore[return-value]
+    return base
+
+
+def _contrast_ok(tone: RGB, colours: list[RGB], need: float) -> bool:
+    return all(colour_distance(tone, c) >= need for c in colours)
+
+
+def sample_background(rng: Rng, shape_rgbs: list[RGB], texture_prob: float,
+                      plain_prob: float, amount: float = 1.0) -> BackgroundSpec:
+    """A background that contrasts with every shape colour: the neutral tone, a plain palette
+    colour, a gradient or stripes."""
+    u = rng.random()
+    if u < texture_prob:
+        tones = [t for t in TEXTURE_TONES
+                 if _contrast_ok(t, shape_rgbs, TEXTURE_CONTRAST)
+                 and _contrast_ok(tuple(0.82 * v for v in t), shape_rgbs, TEXTURE_CONTRAST)]
+        if len(tones) >= 2:
+            if rng.chance(0.5):
+                a, b = rng.shuffled(tones)[:2]
+                return BackgroundSpec("gradient", a, rgb2=b, angle=rng.angle())
+            t = rng.choice(tones)
+            dark: RGB = (0.82 * t[0], 0.82 * t[1], 0.82 * t[2])
+            angle = rng.choice([0.0, math.pi / 2, math.pi / 4, 3 * math.pi / 4])
+            return BackgroundSpec("stripes", t, rgb2=dark, angle=angle,
+                                  period=rng.uniform(0.08, 0.14))
+    elif u < texture_prob + plain_prob:
+        names = [n for n in COLOURS if _contrast_ok(PALETTE[n], shape_rgbs, PLAIN_CONTRAST)]
+        if names:
+            name = rng.choice(names)
+            f = 1.0 + amount * rng.uniform(-0.04, 0.04)
+            rgb = tuple(min(max(c * f, 0.0), 1.0) for c in PALETTE[name])
+            return BackgroundSpec("plain", rgb, colour=name)  # type: ignore[arg-type]
+    if _contrast_ok(NEUTRAL_BACKGROUND, shape_rgbs, MIN_CONTRAST):
+        return BackgroundSpec("neutral", NEUTRAL_BACKGROUND)
+    # Neutral is too close to a shape: use the plain palette colour farthest from all shapes.
+    name = max(COLOURS, key=lambda n: min(colour_distance(PALETTE[n], c) for c in shape_rgbs))
+    return BackgroundSpec("plain", PALETTE[name], colour=name)
+
+
+# ---- placement ----------------------------------------------------------------------------------
+
+def place(rng: Rng, position: str, r: float) -> tuple[float, float]:
+    """A centre for a shape of radius r clearly inside the named region."""
+    lo, hi = r + MARGIN, 1.0 - r - MARGIN
+    along = 0.5 + rng.uniform(-0.06, 0.06)
+    if position == "center":
+        return 0.5 + rng.uniform(-0.04, 0.04), 0.5 + rng.uniform(-0.04, 0.04)
+    off = rng.uniform(0.24, 0.32)
+    if position == "left":
+        return max(off, lo), along
+    if position == "right":
+        return min(1.0 - off, hi), along
+    if position == "top":
+        return along, max(off, lo)
+    if position == "bottom":
+        return along, min(1.0 - off, hi)
+    raise ValueError(position)
+
+
+def scatter_shapes(rng: Rng, n: int, radius: tuple[float, float],
+                   gap: float = 0.05, tries: int = 300) -> list[tuple[float, float, float]] | None:
+    """n non-overlapping (cx, cy, r) circles, or None if they did not fit."""
+    placed: list[tuple[float, float, float]] = []
+    for _ in range(tries):
+        r = rng.uniform(*radius)
+        cx = rng.uniform(r + MARGIN, 1 - r - MARGIN)
+        cy = rng.uniform(r + MARGIN, 1 - r - MARGIN)
+        if all(math.hypot(cx - x, cy - y) >= r + q + gap for x, y, q in placed):
+            placed.append((cx, cy, r))
+            if len(placed) == n:
+                return placed
+    return None
+
+
+# ---- samplers -----------------------------------------------------------------------------------
+
+def sample_object(rng: Rng, split: str, texture_prob: float, plain_prob: float,
+                  jitter: float) -> SceneSpec:
+    """One shape with a colour, size and position."""
+    colour, shape = rng.choice(colour_shape_pairs(split))
+    size = rng.choice(SIZES)
+    position = rng.choice(POSITIONS)
+    r = rng.uniform(*SIZE_RADIUS[size])
+    cx, cy = place(rng, position, r)
+    rgb = jitter_colour(rng, colour, jitter)
+    bg = sample_background(rng, [rgb], texture_prob, plain_prob, jitter)
+    return SceneSpec("object", (ShapeSpec(colour, shape, cx, cy, r, rgb),), background=bg)
+
+
+def sample_count(rng: Rng, split: str, texture_prob: float, plain_prob: float,
+                 jitter: float) -> SceneSpec:
+    """One to four shapes of the same colour and shape, apart from each other."""
+    count, shape = rng.choice(count_shape_pairs(split))
+    colour = rng.choice([c for c in COLOURS if shape in _shapes_for(c, split)])
+    size = "small" if count >= 3 and rng.chance(0.5) else rng.choice(("small", "medium"))
+    spots = scatter_shapes(rng, count, SIZE_RADIUS[size])
+    if spots is None:
+        size = "small"
+        spots = scatter_shapes(rng, count, SIZE_RADIUS[size], tries=2000)
+        assert spots is not None, "four small shapes always fit"
+    rgbs = [jitter_colour(rng, colour, jitter) for _ in spots]
+    bg = sample_background(rng, rgbs, texture_prob, plain_prob, jitter)
+    shapes = tuple(ShapeSpec(colour, shape, cx, cy, r, rgb) for (cx, cy, r), rgb in zip(spots, rgbs))
+    return SceneSpec("count", shapes, background=bg)
+
+
+def sample_relation(rng: Rng, split: str, texture_prob: float, plain_prob: float,
+                    jitter: float) -> SceneSpec:
+    """Two shapes of different colours, the first left of / right of / above / below the second,
+    far apart along one axis and nearly aligned along the other."""
+    ca, cb = rng.choice(relation_colour_pairs(split))
+    sa, sb = rng.choice(_shapes_for(ca, split)), rng.choice(_shapes_for(cb, split))
+    relation = rng.choice(RELATIONS)
+    ra, rb = rng.uniform(0.09, 0.15), rng.uniform(0.09, 0.15)
+    near = rng.uniform(0.17, 0.3)                      # distance of each centre from the middle
+    a_main = 0.5 - near if relation in ("left of", "above") else 0.5 + near
+    b_main = 1.0 - a_main + rng.uniform(-0.03, 0.03)
+    a_main = min(max(a_main, ra + MARGIN), 1 - ra - MARGIN)
+    b_main = min(max(b_main, rb + MARGIN), 1 - rb - MARGIN)
+    cross = 0.5 + rng.uniform(-0.12, 0.12)
+    a_cross, b_cross = cross + rng.uniform(-0.04, 0.04), cross + rng.uniform(-0.04, 0.04)
+    if relation in ("left of", "right of"):
+        (ax, ay), (bx, by) = (a_main, a_cross), (b_main, b_cross)
+    else:
+        (ax, ay), (bx, by) = (a_cross, a_main), (b_cross, b_main)
+    rgb_a, rgb_b = jitter_colour(rng, ca, jitter), jitter_colour(rng, cb, jitter)
+    bg = sample_background(rng, [rgb_a, rgb_b], texture_prob, plain_prob, jitter)
+    return SceneSpec("relation", (ShapeSpec(ca, sa, ax, ay, ra, rgb_a),
+                                  ShapeSpec(cb, sb, bx, by, rb, rgb_b)), background=bg)
+
+
+def sample_scene(rng: Rng, split: str, texture_prob: float, plain_prob: float,
+                 jitter: float) -> SceneSpec:
+    """A landscape with one scene object under one condition."""
+    obj, condition = rng.choice(scene_pairs(split))
+    lo, hi = HORIZON_RANGE.get(obj, DEFAULT_HORIZON)
+    spread = 0.2 if obj in ("sun", "moon") else 0.07
+    land = LandscapeSpec(obj, condition, x=0.5 + rng.uniform(-spread, spread),
+                         horizon=rng.uniform(lo, hi), scale=rng.uniform(0.9, 1.08), key=rng.key())
+    return SceneSpec("scene", landscape=land)
+
+
+SAMPLERS = {
+    "object": sample_object,
+    "count": sample_count,
+    "relation": sample_relation,
+    "scene": sample_scene,
+}

@@ -1,0 +1,49 @@
+"""The eight basic shapes as primitives. Each spans about 2r across its widest extent, so a radius
+means the same visible size for every shape."""
+from __future__ import annotations
+
+import math
+
+from ..errors import InputError
+from .raster import Prim, circle, polygon, rect, regular_polygon, star, subtract, union
+from .vocab import SHAPES
+
+RING_INNER = 0.56  # inner radius of a ring, as a fraction of its outer radius
+CROSS_ARM = 0.34   # half-width of a cross arm, as a fraction of r
+
+
+def shape_prim(shape: str, cx: float, cy: float, r: float) -> Prim:
+    """Primitive of a named shape centred at (cx, cy) with 'radius' r."""
+    if shape == "circle":
+        return circle(cx, cy, r)
+    if shape == "square":
+        h = 0.93 * r
+        return rect(cx, cy, h, h)
+    if shape == "triangle":
+        # Upward equilateral triangle, width 2r, centroid at the centre.
+        h = r * math.sqrt(3.0)
+        return polygon([(cx, cy - 2 * h / 3), (cx + r, cy + h / 3), (cx - r, cy + h / 3)])
+    if shape == "star":
+        outer = r / math.sin(2 * math.pi / 5)
+        # Centre the star's height (tip to lower tips) on cy.
+        dy = outer * (1 - math.cos(math.pi / 5)) / 2
+        return star(cx, cy + dy, outer, 0.42 * outer, 5)
+    if shape == "heart":
+        return heart(cx, cy, r)
+    if shape == "hexagon":
+        return regular_polygon(cx, cy, r, 6, rotation=math.pi / 6)
+    if shape == "cross":
+        w = CROSS_ARM * r
+        return union(rect(cx, cy, r, w), rect(cx, cy, w, r))
+    if shape == "ring":
+        return subtract(circle(cx, cy, r), circle(cx, cy, RING_INNER * r))
+    raise InputError(f"unknown shape {shape!r}; known shapes are {list(SHAPES)}")
+
+
+def heart(cx: float, cy: float, r: float) -> Prim:
+    """Heart, point down: a square turned 45 degrees with two discs on its upper edges."""
+    h = r / (0.5 + math.sqrt(0.5))                  # half-diagonal of the square, width = 2r
+    c = cy + 0.915 * r - h                          # square centre, so the heart is centred
+    disc = h / math.sqrt(2.0)
+    diamond = polygon([(cx, c - h), (cx + h, c), (cx, c + h), (cx - h, c)])
+    return union(diamond, circle(cx - h / 2, c - h / 2, disc), circle(cx + h / 2, c - h / 2, disc))

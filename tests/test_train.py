@@ -1,0 +1,179 @@
+"""The trainer: loss, exact accumulation, distributed equality, kill-and-resume, fine-tuning, config."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import clipguide
+from clipguide.errors import ConfigError
+from clipguide.train.config import TrainConfig
+from clipguide.train.loss import clip_loss
+from clipguide.train.trainer import MAX_LOGIT_SCALE, Trainer, lr_at
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["model=ViT-nano", "data=world", "batch_size=16", "vocab_size=600", "tokenizer_corpus=2000",
+        "warmup=2", "lr=0.001", "log_every=1", "threads=1", "export_fp16=false"]
+
+
+def tiny(tmp_path: Path, *extra: str) -> TrainConfig:
+    return TrainConfig.from_file(None, TINY + [f"out_dir={tmp_path / 'run'}", *extra])
+
+
+def test_loss_is_symmetric_infonce():
+    torch.manual_seed(0)
+    img = F.normalize(torch.randn(6, 8), dim=-1)
+    txt = F.normalize(torch.randn(6, 8), dim=-1)
+    scale = torch.tensor(10.0)
+    logits = scale * img @ txt.T
+    ref = (F.cross_entropy(logits, torch.arange(6)) + F.cross_entropy(logits.T, torch.arange(6))) / 2
+    torch.testing.assert_close(clip_loss(img, txt, scale), ref)
+    # matching pairs lower the loss
+    assert clip_loss(img, img, scale) < clip_loss(img, txt, scale)
+
+
+def test_schedule_warms_up_then_decays():
+    cfg = TrainConfig(steps=100, warmup=10, lr=1.0, min_lr=0.1)
+    lrs = [lr_at(cfg, s) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_config_checked():
+    with pytest.raises(ConfigError, match="unknown key"):
+        TrainConfig.from_file(None, ["stepz=3"])
+    with pytest.raises(ConfigError, match="must be"):
+        TrainConfig.from_file(None, ["steps=many"])
+    with pytest.raises(ConfigError, match="divisible"):
+        TrainConfig.from_file(None, ["batch_size=10", "accum_steps=3"])
+    cfg = TrainConfig.from_file(None, ["steps=7", "arch.vision.width=32", "betas=[0.8, 0.9]"])
+    assert cfg.steps == 7 and cfg.arch == {"vision.width": 32} and cfg.betas == (0.8, 0.9)
+
+
+def test_temperature_is_clamped_at_100(tmp_path):
+    trainer = Trainer(tiny(tmp_path, "steps=1"), progress=False)
+    with torch.no_grad():
+        trainer.model.logit_scale.fill_(MAX_LOGIT_SCALE - 1e-3)
+    for g in trainer.optimizer.param_groups:
+        g["lr"] = 10.0
+    trainer.cfg.lr = 10.0
+    trainer.cfg.warmup = 0
+    trainer.train_step(0)
+    assert trainer.model.logit_scale.item() <= MAX_LOGIT_SCALE + 1e-6
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-5) -> bool:
+    """Equal up to float rounding relative to the tensor's scale (summation order differs)."""
+    return (a - b).abs().max().item() <= rel * max(1.0, a.abs().max().item())
+
+
+def _grads(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+
+
+def test_accumulation_is_exact(tmp_path):
+    a = Trainer(tiny(tmp_path / "a", "precision=fp32"), progress=False)
+    b = Trainer(tiny(tmp_path / "b", "precision=fp32", "accum_steps=4"), progress=False)
+    b.model.load_state_dict(a.model.state_dict())
+    loss_a, loss_b = a.train_step(0), b.train_step(0)
+    assert loss_a == pytest.approx(loss_b, rel=1e-5)
+    ga, gb = _grads(a), _grads(b)
+    assert ga.keys() == gb.keys()
+    for k in ga:
+        assert _close(ga[k], gb[k]), k
+
+
+_DIST_SCRIPT = textwrap.dedent("""
+    import json, sys, torch
+    import torch.distributed as dist
+    from clipguide.train.config import TrainConfig
+    from clipguide.train.trainer import Trainer
+    cfg = TrainConfig.from_file(None, json.loads(sys.argv[1]))
+    t = Trainer(cfg, progress=False)
+    loss = t.train_step(0)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if rank == 0:
+        torch.save({"loss": loss, "grads": {n: p.grad for n, p in t.model.named_parameters()},
+                    "weights": t.model.state_dict()}, sys.argv[2])
+    if dist.is_initialized():
+        dist.destroy_process_group()
+""")
+
+
+def _run_dist(tmp_path: Path, nproc: int, overrides: list[str]) -> dict:
+    script = tmp_path / "step.py"
+    script.write_text(_DIST_SCRIPT)
+    out = tmp_path / f"result_{nproc}.pt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+           str(29500 + os.getpid() % 1000 + nproc), str(script), json.dumps(overrides), str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=300, cwd=tmp_path)
+    return torch.load(out, weights_only=True)
+
+
+def test_two_processes_match_one_on_the_same_global_batch(tmp_path):
+    overrides = TINY + ["precision=fp32", f"out_dir={tmp_path / 'run'}"]
+    one = _run_dist(tmp_path, 1, overrides)
+    two = _run_dist(tmp_path, 2, overrides)
+    assert one["loss"] == pytest.approx(two["loss"], rel=1e-5)
+    for k, g in one["grads"].items():
+        assert _close(g, two["grads"][k]), k
+    for k, w in one["weights"].items():
+        assert _close(w, two["weights"][k]), k
+
+
+def _train_cmd(out: Path, *extra: str) -> list[str]:
+    sets = TINY + ["steps=10", "save_every=2", f"out_dir={out}", *extra]
+    return [sys.executable, "-m", "clipguide", "train", "--no-eval", *sum([["--set", s] for s in sets], [])]
+
+
+def test_killed_run_resumes_to_identical_weights(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    ref_out, run_out = tmp_path / "ref", tmp_path / "killed"
+    subprocess.run(_train_cmd(ref_out), check=True, env=env, capture_output=True, timeout=300)
+    proc = subprocess.Popen(_train_cmd(run_out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list((run_out / "checkpoints").glob("step_00000004.pt")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = sorted((run_out / "checkpoints").glob("step_*.pt"))
+    assert saved and not (run_out / "model.safetensors").exists(), "the run should have been killed mid-way"
+    subprocess.run(_train_cmd(run_out) + ["--resume"], check=True, env=env, capture_output=True, timeout=300)
+    ref = clipguide.load(ref_out / "model.safetensors").state_dict()
+    got = clipguide.load(run_out / "model.safetensors").state_dict()
+    for k in ref:
+        assert torch.equal(ref[k], got[k]), k
+    steps = [json.loads(line)["step"] for line in (run_out / "metrics.jsonl").read_text().splitlines()
+             if "loss" in line]
+    assert steps == list(range(1, 11))              # no step logged twice after the resume
+
+
+def test_refuses_to_overwrite_a_run_without_resume(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    out = tmp_path / "r"
+    subprocess.run(_train_cmd(out, "steps=2"), check=True, env=env, capture_output=True, timeout=300)
+    res = subprocess.run(_train_cmd(out, "steps=2"), env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0 and "--resume" in res.stderr
+
+
+def test_fine_tune_a_saved_model_keeps_its_tokenizer(tmp_path):
+    trainer = Trainer(tiny(tmp_path / "a", "steps=2", "save_every=100"), progress=False)
+    first = trainer.run(resume=False)
+    tuned = Trainer(tiny(tmp_path / "b", f"model={first}", "steps=2", "tokenizer=auto"), progress=False)
+    before = {k: v.clone() for k, v in tuned.model.state_dict().items()}
+    path = tuned.run(resume=False)
+    after = clipguide.load(path)
+    assert after.tokenizer.to_json() == trainer.model.tokenizer.to_json()
+    assert any(not torch.equal(before[k], v) for k, v in after.state_dict().items())
+    card = (tmp_path / "b" / "run" / "MODEL_CARD.md").read_text()
+    assert "steps: 2" in card
