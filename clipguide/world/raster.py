@@ -134,13 +134,6 @@ def segment(x0: float, y0: float, x1: float, y1: float, width: float) -> Prim:
     return Prim(f, (min(x0, x1) - hw, min(y0, y1) - hw, max(x0, x1) + hw, max(y0, y1) + hw))
 
 
-def halfplane_below(y0: float, box_: Box) -> Prim:
-    """Everything below the line y = y0, limited to a box (for cutting shapes)."""
-    def f(x: Array, y: Array) -> Array:
-        return y0 - y + 0 * x
-    return Prim(f, box_)
-
-
 def union(*prims: Prim) -> Prim:
     """Union of shapes."""
     def f(x: Array, y: Array) -> Array:

@@ -5,6 +5,7 @@ its kind (built from training colour-shape pairs, so one thing is new at a time)
 everything."""
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -13,6 +14,7 @@ from .heldout import (EVAL_COLOUR_SHAPE, EVAL_SCENES, HELDOUT_COUNT_SHAPE, HELDO
                       TRAIN_COLOUR_SHAPE, TRAIN_SCENES)
 from .rng import Rng
 from .scenes import DEFAULT_HORIZON, HORIZON_RANGE
+from .shapes import REACH
 from .spec import BackgroundSpec, LandscapeSpec, SceneSpec, ShapeSpec
 from .vocab import (COLOURS, COUNTS, MIN_CONTRAST, NEUTRAL_BACKGROUND, PALETTE, POSITIONS, RGB,
                     RELATIONS, SCENE_CLASSES, SHAPES, SIZE_RADIUS, SIZES, TEXTURE_TONES,
@@ -33,12 +35,14 @@ def _check_split(split: str) -> None:
         raise ConfigError(f"split must be one of {SPLITS}, got {split!r}")
 
 
+@functools.cache
 def colour_shape_pairs(split: str) -> tuple[tuple[str, str], ...]:
     """The colour-shape pairs a single-object sample of this split may show."""
     _check_split(split)
     return {"train": TRAIN_COLOUR_SHAPE, "eval": EVAL_COLOUR_SHAPE, "all": ALL_COLOUR_SHAPE}[split]
 
 
+@functools.cache
 def count_shape_pairs(split: str) -> tuple[tuple[int, str], ...]:
     """The (count, shape) pairs a counting sample of this split may show."""
     _check_split(split)
@@ -50,6 +54,7 @@ def count_shape_pairs(split: str) -> tuple[tuple[int, str], ...]:
     return pairs
 
 
+@functools.cache
 def relation_colour_pairs(split: str) -> tuple[tuple[str, str], ...]:
     """The ordered (first, second) colour pairs a relation sample of this split may show."""
     _check_split(split)
@@ -61,12 +66,14 @@ def relation_colour_pairs(split: str) -> tuple[tuple[str, str], ...]:
     return pairs
 
 
+@functools.cache
 def scene_pairs(split: str) -> tuple[tuple[str, str], ...]:
     """The (scene object, condition) pairs a scene sample of this split may show."""
     _check_split(split)
     return {"train": TRAIN_SCENES, "eval": EVAL_SCENES, "all": SCENE_CLASSES}[split]
 
 
+@functools.cache
 def _shapes_for(colour: str, split: str) -> tuple[str, ...]:
     """Shapes that may be drawn in `colour` inside counting and relation samples: training pairs
     only, except for split 'all'."""
@@ -96,24 +103,44 @@ def _contrast_ok(tone: RGB, colours: list[RGB], need: float) -> bool:
     return all(colour_distance(tone, c) >= need for c in colours)
 
 
+def _segment_distance(p: RGB, a: RGB, b: RGB) -> float:
+    """RGB distance from p to the nearest blend of a and b."""
+    e = [y - x for x, y in zip(a, b)]
+    ee = sum(v * v for v in e) or 1e-9
+    t = min(max(sum((q - x) * v for q, x, v in zip(p, a, e)) / ee, 0.0), 1.0)
+    return colour_distance(p, tuple(x + t * v for x, v in zip(a, e)))  # type: ignore[arg-type]
+
+
+def _stripe_partner(tone: RGB) -> RGB:
+    """The second stripe colour: a darker shade of a light tone, a lighter one of a dark tone."""
+    if sum(tone) / 3 > 0.5:
+        return (0.8 * tone[0], 0.8 * tone[1], 0.8 * tone[2])
+    return (tone[0] + 0.16, tone[1] + 0.16, tone[2] + 0.16)
+
+
 def sample_background(rng: Rng, shape_rgbs: list[RGB], texture_prob: float,
                       plain_prob: float, amount: float = 1.0) -> BackgroundSpec:
     """A background that contrasts with every shape colour: the neutral tone, a plain palette
     colour, a gradient or stripes."""
     u = rng.random()
     if u < texture_prob:
-        tones = [t for t in TEXTURE_TONES
-                 if _contrast_ok(t, shape_rgbs, TEXTURE_CONTRAST)
-                 and _contrast_ok(tuple(0.82 * v for v in t), shape_rgbs, TEXTURE_CONTRAST)]
-        if len(tones) >= 2:
-            if rng.chance(0.5):
-                a, b = rng.shuffled(tones)[:2]
+        tones = [t for t in TEXTURE_TONES if _contrast_ok(t, shape_rgbs, TEXTURE_CONTRAST)]
+        if rng.chance(0.5):
+            # Gradient: every colour along the blend must contrast with the shapes.
+            pairs = [(a, b) for a in tones for b in tones
+                     if colour_distance(a, b) >= 0.25
+                     and all(_segment_distance(c, a, b) >= TEXTURE_CONTRAST for c in shape_rgbs)]
+            if pairs:
+                a, b = rng.choice(pairs)
                 return BackgroundSpec("gradient", a, rgb2=b, angle=rng.angle())
-            t = rng.choice(tones)
-            dark: RGB = (0.82 * t[0], 0.82 * t[1], 0.82 * t[2])
-            angle = rng.choice([0.0, math.pi / 2, math.pi / 4, 3 * math.pi / 4])
-            return BackgroundSpec("stripes", t, rgb2=dark, angle=angle,
-                                  period=rng.uniform(0.08, 0.14))
+        else:
+            stripes = [(t, _stripe_partner(t)) for t in tones]
+            stripes = [(a, b) for a, b in stripes if _contrast_ok(b, shape_rgbs, TEXTURE_CONTRAST)]
+            if stripes:
+                a, b = rng.choice(stripes)
+                angle = rng.choice([0.0, math.pi / 2, math.pi / 4, 3 * math.pi / 4])
+                return BackgroundSpec("stripes", a, rgb2=b, angle=angle,
+                                      period=rng.uniform(0.08, 0.14))
     elif u < texture_prob + plain_prob:
         names = [n for n in COLOURS if _contrast_ok(PALETTE[n], shape_rgbs, PLAIN_CONTRAST)]
         if names:
@@ -148,15 +175,16 @@ def place(rng: Rng, position: str, r: float) -> tuple[float, float]:
     raise ValueError(position)
 
 
-def scatter_shapes(rng: Rng, n: int, radius: tuple[float, float],
-                   gap: float = 0.05, tries: int = 300) -> list[tuple[float, float, float]] | None:
-    """n non-overlapping (cx, cy, r) circles, or None if they did not fit."""
+def scatter_shapes(rng: Rng, n: int, radius: tuple[float, float], reach: float = 1.0,
+                   gap: float = 0.065, tries: int = 300) -> list[tuple[float, float, float]] | None:
+    """n (cx, cy, r) spots whose shapes (each inside a circle of radius reach * r) keep `gap`
+    apart, or None if they did not fit."""
     placed: list[tuple[float, float, float]] = []
     for _ in range(tries):
         r = rng.uniform(*radius)
         cx = rng.uniform(r + MARGIN, 1 - r - MARGIN)
         cy = rng.uniform(r + MARGIN, 1 - r - MARGIN)
-        if all(math.hypot(cx - x, cy - y) >= r + q + gap for x, y, q in placed):
+        if all(math.hypot(cx - x, cy - y) >= reach * (r + q) + gap for x, y, q in placed):
             placed.append((cx, cy, r))
             if len(placed) == n:
                 return placed
@@ -184,10 +212,10 @@ def sample_count(rng: Rng, split: str, texture_prob: float, plain_prob: float,
     count, shape = rng.choice(count_shape_pairs(split))
     colour = rng.choice([c for c in COLOURS if shape in _shapes_for(c, split)])
     size = "small" if count >= 3 and rng.chance(0.5) else rng.choice(("small", "medium"))
-    spots = scatter_shapes(rng, count, SIZE_RADIUS[size])
+    spots = scatter_shapes(rng, count, SIZE_RADIUS[size], REACH[shape])
     if spots is None:
         size = "small"
-        spots = scatter_shapes(rng, count, SIZE_RADIUS[size], tries=2000)
+        spots = scatter_shapes(rng, count, SIZE_RADIUS[size], REACH[shape], tries=2000)
         assert spots is not None, "four small shapes always fit"
     rgbs = [jitter_colour(rng, colour, jitter) for _ in spots]
     bg = sample_background(rng, rgbs, texture_prob, plain_prob, jitter)

@@ -33,7 +33,7 @@ class Look:
     def __call__(self, rgb: RGB) -> RGB:
         if self.night:
             r, g, b = rgb
-            return (0.30 * r + 0.02, 0.32 * g + 0.03, 0.42 * b + 0.07)
+            return (0.38 * r + 0.02, 0.40 * g + 0.03, 0.50 * b + 0.07)
         return rgb
 
     def window(self, day: RGB) -> RGB:

@@ -10,6 +10,11 @@ from .vocab import SHAPES
 
 RING_INNER = 0.56  # inner radius of a ring, as a fraction of its outer radius
 CROSS_ARM = 0.34   # half-width of a cross arm, as a fraction of r
+SQUARE_HALF = 0.93  # half-side of a square, as a fraction of r
+# Radius of the circle around the centre that holds the whole shape, as a multiple of r.
+REACH: dict[str, float] = {s: 1.0 for s in SHAPES} | {
+    "square": SQUARE_HALF * 2 ** 0.5, "triangle": 2 / 3 ** 0.5, "star": 1 / math.sin(2 * math.pi / 5),
+    "heart": 1.0}
 
 
 def shape_prim(shape: str, cx: float, cy: float, r: float) -> Prim:
@@ -17,7 +22,7 @@ def shape_prim(shape: str, cx: float, cy: float, r: float) -> Prim:
     if shape == "circle":
         return circle(cx, cy, r)
     if shape == "square":
-        h = 0.93 * r
+        h = SQUARE_HALF * r
         return rect(cx, cy, h, h)
     if shape == "triangle":
         # Upward equilateral triangle, width 2r, centroid at the centre.

@@ -2,6 +2,8 @@
 scene objects, with the words used for them in captions."""
 from __future__ import annotations
 
+import math
+
 RGB = tuple[float, float, float]
 
 # Base colours. Every pair is at least ~0.38 apart in RGB so that jittered samples stay separable.
@@ -172,7 +174,7 @@ def relation_of(a: tuple[float, float], b: tuple[float, float]) -> str:
 
 def colour_distance(a: RGB, b: RGB) -> float:
     """Euclidean RGB distance."""
-    return sum((x - y) ** 2 for x, y in zip(a, b)) ** 0.5
+    return math.dist(a, b)
 
 
 def nearest_colour(rgb: RGB) -> str:

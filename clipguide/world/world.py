@@ -173,13 +173,14 @@ class World:
 
     def image(self, index: int, size: int | None = None, fmt: str = "float") -> torch.Tensor:
         """Image of sample `index`: 'float' (3, H, W) in [0, 1] or 'uint8' (H, W, 3)."""
-        return render(self.spec(index), size or self.config.size, fmt)  # type: ignore[return-value]
+        size = self.config.size if size is None else size
+        return render(self.spec(index), size, fmt)  # type: ignore[return-value]
 
     def sample(self, index: int, size: int | None = None, fmt: str = "float") -> Sample:
         """Image, caption and attributes of sample `index`."""
         spec = self.spec(index)
         text, attrs = self._attrs(index, spec)
-        img = render(spec, size or self.config.size, fmt)
+        img = render(spec, self.config.size if size is None else size, fmt)
         return Sample(img, text, attrs)  # type: ignore[arg-type]
 
     def render_batch(self, indices: Sequence[int] | Iterable[int], size: int | None = None,
@@ -196,7 +197,7 @@ class World:
     def _batch(self, indices: Iterable[int], size: int | None, fmt: str,
                with_captions: bool) -> tuple[torch.Tensor, list[str]]:
         idx = [self._check_index(i) for i in indices]
-        s = check_size(size or self.config.size)
+        s = check_size(self.config.size if size is None else size)
         if fmt not in ("uint8", "float"):
             raise InputError(f"fmt must be 'uint8' or 'float', got {fmt!r}")
         out = np.empty((len(idx), s, s, 3), dtype=np.uint8)
