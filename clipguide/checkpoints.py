@@ -395,7 +395,7 @@ def save(model: CLIP, path: str | os.PathLike, *, dtype: torch.dtype | None = No
     meta = {"format": FORMAT_TAG, "format_version": "1", "clipguide_version": __version__,
             "config": model.config.to_json(), "model_card": model_card or getattr(model, "model_card", "")}
     tok = getattr(model, "tokenizer", None)
-    if tok is not None and hasattr(tok, "to_json") and not isinstance(tok, MissingTokenizer):
+    if tok is not None and not isinstance(tok, MissingTokenizer) and hasattr(tok, "to_json"):
         meta["tokenizer"] = tok.to_json()
     for k, v in (metadata or {}).items():
         if k in meta:

@@ -131,6 +131,47 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    """Zero-shot on the world's held-out tasks, retrieval, and a linear probe: one JSON line each."""
+    import torch
+
+    from clipguide.train import evaluate as ev
+
+    model = _load(args)
+    torch.manual_seed(0)
+    tasks = args.task or ["colour_shape", "count", "relation", "scene", "retrieval", "linear_probe"]
+    with torch.no_grad():
+        for name in tasks:
+            if name == "retrieval":
+                result = ev.world_retrieval(model, n=args.retrieval_n, seed=args.seed)
+            elif name == "linear_probe":
+                result = ev.world_linear_probe(model, n=args.n, seed=args.seed)
+            else:
+                ens = ev.world_zero_shot(model, name, n=args.n, seed=args.seed, ensemble=True)
+                single = ev.world_zero_shot(model, name, n=args.n, seed=args.seed, ensemble=False)
+                result = {**ens, "top1_single_prompt": single["top1"], "top5_single_prompt": single["top5"]}
+            print(json.dumps({"task": name, "model": args.model, **result}), flush=True)
+    return 0
+
+
+def cmd_world(args) -> int:
+    """Render a contact sheet of the procedural world, or export it as training shards."""
+    if args.action == "sheet":
+        from clipguide.world import World, contact_sheet
+
+        world = World(seed=args.seed, split=args.split, size=args.size)
+        samples = [world.sample(i) for i in range(args.n)]
+        contact_sheet([s.image for s in samples], [s.caption for s in samples], args.out)
+        print(f"wrote {args.out}")
+    else:
+        from clipguide.train.data import export_world_shards
+
+        paths = export_world_shards(args.out, args.n, shard_size=args.shard_size, image_size=args.size,
+                                    seed=args.seed, split=args.split)
+        print(f"wrote {len(paths)} shards to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clipguide", description=(
         "Text-guided image generation and editing with CLIP as a loss. "
@@ -171,6 +212,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in out_dir")
     p.add_argument("--no-eval", action="store_true", help="skip the zero-shot evaluation on world data")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="zero-shot, retrieval and linear-probe evaluation on held-out world data",
+                       description="Prints one JSON line per task. Tasks: colour_shape, count, relation, scene "
+                       "(zero-shot on held-out compositions, with and without prompt ensembling), retrieval "
+                       "(R@1/5/10 both ways) and linear_probe (logistic regression on frozen image features).")
+    p.add_argument("--model", default="default", help="model name or checkpoint path (default: bundled 'default')")
+    p.add_argument("--task", action="append", choices=["colour_shape", "count", "relation", "scene", "retrieval",
+                                                       "linear_probe"], help="task to run (repeatable; default all)")
+    p.add_argument("--n", type=int, default=500, help="images per zero-shot task (default 500)")
+    p.add_argument("--retrieval-n", type=int, default=1000, help="image-caption pairs for retrieval (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the evaluation samples")
+    _add_load_args(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("world", help="the procedural captioned world: contact sheets and training shards")
+    p.add_argument("action", choices=["sheet", "export"],
+                   help="sheet: a PNG grid of samples with captions; export: webdataset-style tar shards")
+    p.add_argument("--out", required=True, help="PNG path (sheet) or output folder (export)")
+    p.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
+    p.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
+    p.add_argument("--split", choices=["train", "eval", "all"], default="train",
+                   help="train (never shows held-out compositions), eval (only those) or all")
+    p.add_argument("--shard-size", type=int, default=1000, help="samples per shard for export (default 1000)")
+    p.set_defaults(func=cmd_world)
 
     p = sub.add_parser("demo", help="run the end-to-end demo on the embedded default model")
     p.add_argument("--model", default=None, help="model name or path (default: the bundled 'default')")

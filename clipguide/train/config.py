@@ -10,6 +10,8 @@ from typing import Any
 from ..errors import ConfigError
 from ..typedconfig import check_fields, parse_override
 
+PRESETS = Path(__file__).parent / "presets"
+
 
 @dataclass
 class TrainConfig:
@@ -64,6 +66,8 @@ class TrainConfig:
     @classmethod
     def from_file(cls, path: str | Path | None, overrides: list[str] = ()) -> "TrainConfig":
         data: dict[str, Any] = {}
+        if path and not Path(path).exists() and (PRESETS / f"{path}.json").is_file():
+            path = PRESETS / f"{path}.json"                # a preset name, e.g. "default"
         if path:
             path = Path(path)
             try:

@@ -780,7 +780,8 @@ class BatchStream:
         if self.length is not None and self.length < self.global_batch:
             log.warning("data source has %d samples, fewer than the global batch %d: batches repeat samples",
                         self.length, self.global_batch)
-        self.offset = _hash(self.seed, 0x5EED) % (1 << 40)
+        # even, so that consecutive pairs (2k, 2k+1) of an endless world, its hard-negative twins, share a batch
+        self.offset = (_hash(self.seed, 0x5EED) % (1 << 40)) & ~1
         try:
             params = inspect.signature(source.load).parameters
         except (TypeError, ValueError):

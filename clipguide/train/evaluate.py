@@ -129,6 +129,18 @@ def world_retrieval(model: CLIP, n: int = 1000, seed: int = 0) -> dict:
     return retrieval(model, torch.stack([p[0] for p in pairs]), [p[1] for p in pairs])
 
 
+def world_linear_probe(model: CLIP, n: int = 500, seed: int = 0) -> dict:
+    """Linear probe on the held-out colour-shape classes: fit on n images, test on n others."""
+    from ..world.tasks import get_task
+
+    task = get_task("colour_shape")
+    size = model.config.vision.image_size
+    train = task.items(n, seed=seed + 1, size=size)
+    test = task.items(n, seed=seed + 2, size=size)
+    return linear_probe(model, torch.stack([i.image for i in train]), [i.label for i in train],
+                        torch.stack([i.image for i in test]), [i.label for i in test])
+
+
 def world_eval(model: CLIP, n: int = 500, retrieval_n: int = 1000, seed: int = 0,
                tasks: Sequence[str] = ("colour_shape", "count", "relation", "scene")) -> dict:
     """Zero-shot (with and without template ensembling) on each held-out task, and retrieval."""

@@ -18,7 +18,7 @@ from .shapes import REACH
 from .spec import BackgroundSpec, LandscapeSpec, SceneSpec, ShapeSpec
 from .vocab import (COLOURS, COUNTS, MIN_CONTRAST, NEUTRAL_BACKGROUND, PALETTE, POSITIONS, RGB,
                     RELATIONS, SCENE_CLASSES, SHAPES, SIZE_RADIUS, SIZES, TEXTURE_TONES,
-                    colour_distance)
+                    colour_distance, size_of_radius)
 
 SPLITS = ("train", "eval", "all")
 MARGIN = 0.05            # empty border around shapes, as a fraction of the image side
@@ -265,3 +265,73 @@ SAMPLERS = {
     "relation": sample_relation,
     "scene": sample_scene,
 }
+
+
+# ---- twins: minimal edits that make in-batch hard negatives --------------------------------------
+
+def _twin_object(rng: Rng, spec: SceneSpec, split: str, jitter: float) -> SceneSpec:
+    """Same place, size and background; another colour (half the time) or another shape."""
+    s = spec.shapes[0]
+    pairs = colour_shape_pairs(split)
+    if rng.chance(0.5):
+        options = [(c, sh) for c, sh in pairs if sh == s.shape and c != s.colour]
+    else:
+        options = [(c, sh) for c, sh in pairs if c == s.colour and sh != s.shape]
+    bg = spec.background
+    tones = [bg.rgb] if bg.kind in ("neutral", "plain") else [bg.rgb, bg.rgb2]
+    options = [o for o in options if _contrast_ok(PALETTE[o[0]], tones, MIN_CONTRAST)]
+    if not options:
+        return spec
+    colour, shape = rng.choice(options)
+    rgb = jitter_colour(rng, colour, jitter) if colour != s.colour else s.rgb
+    return SceneSpec("object", (ShapeSpec(colour, shape, s.cx, s.cy, s.r, rgb),), background=spec.background)
+
+
+def _twin_count(rng: Rng, spec: SceneSpec, split: str, jitter: float) -> SceneSpec:
+    """Same colour, shape, size and background; another count."""
+    s = spec.shapes[0]
+    counts = [k for k, sh in count_shape_pairs(split) if sh == s.shape and k != len(spec.shapes)]
+    if not counts:
+        return spec
+    k = rng.choice(counts)
+    size = size_of_radius(s.r)
+    spots = scatter_shapes(rng, k, SIZE_RADIUS[size], REACH[s.shape], tries=2000) \
+        or scatter_shapes(rng, k, SIZE_RADIUS["small"], REACH[s.shape], tries=2000)
+    if spots is None:
+        return spec
+    shapes = tuple(ShapeSpec(s.colour, s.shape, cx, cy, r, s.rgb) for cx, cy, r in spots)
+    return SceneSpec("count", shapes, background=spec.background)
+
+
+def _twin_relation(rng: Rng, spec: SceneSpec, split: str, jitter: float) -> SceneSpec:
+    """The two shapes trade places: the relation reverses, everything else stays."""
+    a, b = spec.shapes
+    return SceneSpec("relation", (ShapeSpec(a.colour, a.shape, b.cx, b.cy, a.r, a.rgb),
+                                  ShapeSpec(b.colour, b.shape, a.cx, a.cy, b.r, b.rgb)),
+                     background=spec.background)
+
+
+def _twin_scene(rng: Rng, spec: SceneSpec, split: str, jitter: float) -> SceneSpec:
+    """Same object and layout under another condition (or another object in the same condition)."""
+    land = spec.landscape
+    options = [(o, c) for o, c in scene_pairs(split) if o == land.obj and c != land.condition]
+    if not options or rng.chance(0.3):
+        options = [(o, c) for o, c in scene_pairs(split) if c == land.condition and o != land.obj] or options
+    if not options:
+        return spec
+    obj, condition = rng.choice(options)
+    if obj != land.obj:
+        lo, hi = HORIZON_RANGE.get(obj, DEFAULT_HORIZON)
+        land = LandscapeSpec(obj, condition, x=land.x, horizon=min(max(land.horizon, lo), hi),
+                             scale=land.scale, key=land.key)
+    else:
+        land = LandscapeSpec(obj, condition, land.x, land.horizon, land.scale, land.key)
+    return SceneSpec("scene", landscape=land)
+
+
+TWINS = {"object": _twin_object, "count": _twin_count, "relation": _twin_relation, "scene": _twin_scene}
+
+
+def twin(rng: Rng, spec: SceneSpec, split: str, jitter: float) -> SceneSpec:
+    """A minimal edit of `spec` (one attribute changed) within the split's compositions."""
+    return TWINS[spec.kind](rng, spec, split, jitter)

@@ -22,12 +22,12 @@ from .captions import canonical_caption, caption, detailed_caption
 from .raster import to_uint8
 from .render import check_size, render, render_array
 from .rng import Rng
-from .sampling import SAMPLERS, SPLITS
+from .sampling import SAMPLERS, SPLITS, twin
 from .spec import SceneSpec
 from .vocab import KINDS
 
 DEFAULT_KINDS: dict[str, float] = {"object": 0.35, "count": 0.2, "relation": 0.2, "scene": 0.25}
-_SPEC_STREAM, _CAPTION_STREAM = 0, 1
+_SPEC_STREAM, _CAPTION_STREAM, _TWIN_STREAM = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,9 @@ class WorldConfig:
     composition), 'eval' (only held-out compositions) or 'all'. kinds: relative weight of each
     sample kind. length: nominal dataset length for `len()`. texture_prob / plain_prob: chance of
     a textured / plain palette-coloured background (otherwise the neutral one). jitter: scale of
-    per-sample colour jitter (0 turns it off)."""
+    per-sample colour jitter (0 turns it off). twins: chance that an odd-indexed sample is a minimal
+    edit of the sample before it (another colour, shape, count or condition; the relation
+    reversed), so that consecutive samples in a batch are each other's hard negatives."""
 
     seed: int = 0
     size: int = 64
@@ -48,6 +50,7 @@ class WorldConfig:
     texture_prob: float = 0.15
     plain_prob: float = 0.35
     jitter: float = 1.0
+    twins: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("seed", "size", "length"):
@@ -72,7 +75,7 @@ class WorldConfig:
                 raise ConfigError(f"WorldConfig.kinds[{k!r}] must be a number >= 0, got {w!r}")
         if sum(self.kinds.values()) <= 0:
             raise ConfigError("WorldConfig.kinds: at least one kind needs a positive weight")
-        for name in ("texture_prob", "plain_prob", "jitter"):
+        for name in ("texture_prob", "plain_prob", "jitter", "twins"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
                 raise ConfigError(f"WorldConfig.{name} must be a number in [0, 1], got {v!r}")
@@ -142,6 +145,10 @@ class World:
         """Render parameters of sample `index`."""
         i = self._check_index(index)
         cfg = self.config
+        if cfg.twins > 0 and i % 2 == 1:
+            rng = Rng(cfg.seed, i, _TWIN_STREAM)
+            if rng.chance(cfg.twins):       # a minimal edit of sample i - 1: a hard negative beside it
+                return twin(rng, self.spec(i - 1), cfg.split, cfg.jitter)
         rng = Rng(cfg.seed, i, _SPEC_STREAM)
         kind = rng.weighted(self._kinds, self._weights)
         return SAMPLERS[kind](rng, cfg.split, cfg.texture_prob, cfg.plain_prob, cfg.jitter)

@@ -1,0 +1,84 @@
+"""The `clipguide` command: every subcommand runs, and errors come out as one clear line."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import clipguide
+from clipguide.cli import build_parser, main
+from clipguide.tokenizer import Tokenizer
+
+
+@pytest.fixture
+def nano_path(tmp_path):
+    torch.manual_seed(0)
+    tok = Tokenizer.train(["a red circle", "a blue square"] * 5, vocab_size=600, context_length=16)
+    model = clipguide.create_model("ViT-nano", tokenizer=tok)
+    return clipguide.save(model, tmp_path / "nano.safetensors", model_card="tiny")
+
+
+def test_models_lists_everything(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "ViT-B-32" in out and "openai:ViT-B-32" in out
+
+
+def test_inspect_and_convert(nano_path, tmp_path, capsys):
+    assert main(["inspect", str(nano_path)]) == 0
+    out = capsys.readouterr().out
+    info = json.loads(out[: out.rindex("}") + 1])
+    assert info["format"] == "clipguide" and info["parameters"] > 0
+    sd_path = tmp_path / "nano.pt"
+    torch.save(clipguide.load(nano_path).state_dict(), sd_path)
+    out_path = tmp_path / "converted.safetensors"
+    assert main(["convert", str(sd_path), str(out_path), "--format", "open_clip", "--fp16"]) == 0
+    back = clipguide.load(out_path)
+    assert back.format == "clipguide" and back.config.vision.image_size == 32
+
+
+def test_encode_prints_best_caption(nano_path, tmp_path, capsys):
+    img = tmp_path / "x.png"
+    clipguide.save_image(torch.rand(3, 40, 40), img)
+    assert main(["encode", "--model", str(nano_path), "--image", str(img), "--text", "a red circle",
+                 "--text", "a blue square"]) == 0
+    row = json.loads(capsys.readouterr().out.strip())
+    assert row["best"] in ("a red circle", "a blue square") and abs(sum(row["probs"].values()) - 1) < 1e-3
+
+
+def test_errors_are_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage" * 10)
+    assert main(["inspect", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("clipguide: error:") and "bad.pt" in err
+
+
+def test_every_option_has_help():
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name, sub in subparsers.choices.items():
+        for action in sub._actions:
+            if action.dest != "help":
+                assert action.help, f"{name} {action.dest} has no help text"
+
+
+def test_train_preset_is_a_valid_config():
+    from clipguide.train.config import TrainConfig
+
+    cfg = TrainConfig.from_file("default")
+    assert cfg.model == "world-vit" and cfg.steps > 0
+    with torch.device("meta"):
+        model = clipguide.create_model(cfg.model, tokenizer=object())
+    assert model.num_parameters() <= 10_000_000          # the bundled guide model's budget
+    assert model.config.vision.image_size == 64
+
+
+def test_world_sheet_and_export(tmp_path, capsys):
+    assert main(["world", "sheet", "--out", str(tmp_path / "s.png"), "--n", "4", "--size", "32"]) == 0
+    assert (tmp_path / "s.png").stat().st_size > 0
+    assert main(["world", "export", "--out", str(tmp_path / "shards"), "--n", "6", "--shard-size", "4"]) == 0
+    from clipguide.train.data import open_source
+
+    assert len(open_source(f"shards:{tmp_path / 'shards'}")) == 6
