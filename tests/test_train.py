@@ -177,3 +177,13 @@ def test_fine_tune_a_saved_model_keeps_its_tokenizer(tmp_path):
     assert any(not torch.equal(before[k], v) for k, v in after.state_dict().items())
     card = (tmp_path / "b" / "run" / "MODEL_CARD.md").read_text()
     assert "steps: 2" in card
+    assert (tmp_path / "b" / "run" / "curves.png").stat().st_size > 1000
+
+
+def test_confusion_picture(tmp_path):
+    from clipguide.train.report import plot_confusion
+
+    torch.manual_seed(0)
+    trainer = Trainer(tiny(tmp_path, "steps=1"), progress=False)
+    out = plot_confusion(trainer.model.eval(), tmp_path / "c.png", n=20)
+    assert out.stat().st_size > 1000

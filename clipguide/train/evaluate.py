@@ -38,7 +38,8 @@ def class_embeddings(model: CLIP, candidates: Sequence[str], templates: Sequence
 
 
 def zero_shot(model: CLIP, images: torch.Tensor, labels: Sequence[int],
-              candidates: Sequence[Sequence[str]] | Sequence[str], templates: Sequence[str] = ("{}",)) -> dict:
+              candidates: Sequence[Sequence[str]] | Sequence[str], templates: Sequence[str] = ("{}",),
+              return_predictions: bool = False) -> dict:
     """Top-1 / top-5 accuracy. `candidates` is one list of class prompts shared by every image, or
     one list per image (tasks whose candidates depend on what the image shows)."""
     img = image_features(model, images)
@@ -60,8 +61,11 @@ def zero_shot(model: CLIP, images: torch.Tensor, labels: Sequence[int],
     logits = torch.einsum("ne,nce->nc", img, emb[index])                    # (N, C)
     ranks = (logits > logits.gather(1, labels_t[:, None])).sum(dim=1)
     n = max(1, len(labels_t))
-    return {"top1": round((ranks < 1).sum().item() / n, 4), "top5": round((ranks < 5).sum().item() / n, 4),
-            "n": len(labels_t)}
+    out = {"top1": round((ranks < 1).sum().item() / n, 4), "top5": round((ranks < 5).sum().item() / n, 4),
+           "n": len(labels_t)}
+    if return_predictions:
+        out["predictions"] = logits.argmax(dim=1).tolist()
+    return out
 
 
 def retrieval(model: CLIP, images: torch.Tensor, captions: Sequence[str]) -> dict:
@@ -107,7 +111,8 @@ def linear_probe(model: CLIP, train_images: torch.Tensor, train_labels: Sequence
 # ---------------------------------------------------------------------------------------------------
 # the procedural world's held-out evaluation
 # ---------------------------------------------------------------------------------------------------
-def world_zero_shot(model: CLIP, task_name: str, n: int = 500, seed: int = 0, ensemble: bool = True) -> dict:
+def world_zero_shot(model: CLIP, task_name: str, n: int = 500, seed: int = 0, ensemble: bool = True,
+                    return_predictions: bool = False) -> dict:
     from ..world.tasks import get_task
 
     task = get_task(task_name)
@@ -119,7 +124,11 @@ def world_zero_shot(model: CLIP, task_name: str, n: int = 500, seed: int = 0, en
     else:
         candidates = items[0].candidates if items else task.prompts
     templates = task.templates if ensemble else ("{}",)
-    return zero_shot(model, images, labels, candidates, templates)
+    out = zero_shot(model, images, labels, candidates, templates, return_predictions)
+    if return_predictions:
+        out["labels"] = labels
+        out["classes"] = list(task.classes)
+    return out
 
 
 def world_retrieval(model: CLIP, n: int = 1000, seed: int = 0) -> dict:

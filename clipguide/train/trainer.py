@@ -11,6 +11,8 @@ import json
 import logging
 import math
 import os
+import shlex
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -335,10 +337,23 @@ class Trainer:
             if self.cfg.export_fp16:
                 checkpoints.save(self.model, self.out / "model-fp16.safetensors", dtype=torch.float16, model_card=card)
             (self.out / "MODEL_CARD.md").write_text(card)
+            self._pictures()
             self.model.train()
         if self.world > 1:
             dist.barrier()
         return path
+
+    def _pictures(self) -> None:
+        """Training curves and (on world data) zero-shot confusion matrices, when matplotlib is here."""
+        from ..errors import ClipguideError
+        from . import report
+
+        try:
+            report.plot_curves(self.out / "metrics.jsonl", self.out / "curves.png")
+            if self.eval_fn is not None:
+                report.plot_confusion(self.model, self.out / "confusion.png", n=self.cfg.eval_samples)
+        except ClipguideError as e:          # matplotlib missing: the model is written all the same
+            log.warning("no model-card pictures: %s", e)
 
     def model_card(self, metrics: dict) -> str:
         cfg = self.cfg
@@ -348,6 +363,7 @@ class Trainer:
             "",
             f"CLIP model trained by clipguide {__version__} with contrastive (symmetric InfoNCE) loss.",
             "",
+            f"- command: `{shlex.join(['clipguide'] + sys.argv[1:]) if sys.argv[0].endswith(('clipguide', '__main__.py')) else 'Trainer(TrainConfig(...)).run()'}`",
             f"- architecture: {cfg.model} {json.dumps(cfg.arch) if cfg.arch else ''} "
             f"({self.model.num_parameters():,} parameters, {self.model.config.vision.image_size} px input)",
             f"- data: {cfg.data}; steps: {cfg.steps}; global batch: {cfg.batch_size}; seed: {cfg.seed}; "
