@@ -41,6 +41,28 @@ def test_loss_is_symmetric_infonce():
     assert clip_loss(img, img, scale) < clip_loss(img, txt, scale)
 
 
+def test_hard_negatives_join_the_image_to_text_candidates():
+    torch.manual_seed(0)
+    img = F.normalize(torch.randn(4, 8), dim=-1)
+    txt = F.normalize(img + 0.3 * torch.randn(4, 8), dim=-1)
+    scale = torch.tensor(10.0)
+    base = clip_loss(img, txt, scale)
+    far = clip_loss(img, txt, scale, negative_features=-img)           # easy negatives: barely matter
+    near = clip_loss(img, txt, scale, negative_features=img)           # negatives equal to the images: hurt
+    assert base <= far < near
+
+
+def test_hard_negatives_need_a_source_that_makes_them(tmp_path):
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    for i in range(4):
+        clipguide.save_image(torch.rand(3, 8, 8), folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text(f"picture {i}")
+    with pytest.raises(ConfigError, match="hard_negatives"):
+        Trainer(tiny(tmp_path, f"data=folder:{folder}", "hard_negatives=true", "batch_size=4",
+                     "tokenizer_corpus=4"), progress=False)
+
+
 def test_schedule_warms_up_then_decays():
     cfg = TrainConfig(steps=100, warmup=10, lr=1.0, min_lr=0.1)
     lrs = [lr_at(cfg, s) for s in range(100)]
@@ -80,9 +102,11 @@ def _grads(trainer: Trainer) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
 
 
-def test_accumulation_is_exact(tmp_path):
-    a = Trainer(tiny(tmp_path / "a", "precision=fp32"), progress=False)
-    b = Trainer(tiny(tmp_path / "b", "precision=fp32", "accum_steps=4"), progress=False)
+@pytest.mark.parametrize("negatives", ["false", "true"])
+def test_accumulation_is_exact(tmp_path, negatives):
+    a = Trainer(tiny(tmp_path / "a", "precision=fp32", f"hard_negatives={negatives}"), progress=False)
+    b = Trainer(tiny(tmp_path / "b", "precision=fp32", "accum_steps=4", f"hard_negatives={negatives}"),
+                progress=False)
     b.model.load_state_dict(a.model.state_dict())
     loss_a, loss_b = a.train_step(0), b.train_step(0)
     assert loss_a == pytest.approx(loss_b, rel=1e-5)

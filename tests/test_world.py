@@ -507,3 +507,14 @@ def test_twins_are_minimal_edits_within_the_training_split():
     assert all(v > 10 for v in differing.values())
     # even samples are untouched: twins never change what the stream shows at even indices
     assert all(plain.caption(2 * k) == twins.caption(2 * k) for k in range(50))
+
+
+def test_negative_captions_change_exactly_one_attribute():
+    from clipguide.world import World, parse_caption
+
+    w = World(seed=2)
+    for i in range(100):
+        pos, neg = parse_caption(w.caption(i)), parse_caption(w.negative_caption(i))
+        assert pos is not None and neg is not None
+        changed = {k for k in set(pos) | set(neg) if pos.get(k) != neg.get(k)}
+        assert 1 <= len(changed) <= 2, (w.caption(i), w.negative_caption(i))   # relation: order + relation word

@@ -18,6 +18,7 @@ class TrainConfig:
     model: str = "world-vit"          # architecture name (train from scratch) or a loadable checkpoint (fine-tune)
     arch: dict[str, Any] = field(default_factory=dict)   # overrides of the architecture, e.g. {"vision.width": 192}
     data: str = "world"               # data source spec, see clipguide.train.data.open_source
+    hard_negatives: bool = False      # add each sample's minimal-edit caption as an extra negative (world data)
     tokenizer: str = "auto"           # auto | train | openai | model  (auto: the checkpoint's, else train one)
     vocab_size: int = 1024            # when a tokenizer is trained from the data's captions
     tokenizer_corpus: int = 50000     # captions read to train it

@@ -250,6 +250,10 @@ class WorldSource:
         """Captions of the first `n` samples (nothing is rendered)."""
         return self.world.captions(range(n))
 
+    def negative_captions(self, indices: Sequence[int]) -> list[str]:
+        """Hard-negative captions: each sample's caption with one attribute wrong."""
+        return self.world.negative_captions(int(i) for i in indices)
+
 
 # ---------------------------------------------------------------------------------------------------
 # a folder of image + .txt pairs
@@ -850,6 +854,16 @@ class BatchStream:
             log.warning("data: skipping a broken sample (%s) at index %d: %s. Broken samples are replaced by "
                         "the next valid ones and counted in the stream's stats; this warning is shown once "
                         "per reason", err.reason, index, err)
+
+    @property
+    def has_negatives(self) -> bool:
+        return hasattr(self.source, "negative_captions") and hasattr(self.source, "load_batch")
+
+    def negatives(self, step: int) -> list[str]:
+        """Hard-negative captions for this rank's slice of batch `step` (sources that make them)."""
+        if not self.has_negatives:
+            raise ConfigError(f"data source {self.source!r} does not make hard-negative captions")
+        return self.source.negative_captions(self.indices_at(self.positions(step)))
 
     def batch(self, step: int) -> tuple[torch.Tensor, list[str]]:
         """This rank's slice of global batch `step`: uint8 (global_batch / world_size, 3, S, S) and captions."""

@@ -19,11 +19,16 @@ def gather_features(features: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(features), dim=0)
 
 
-def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor
-              ) -> torch.Tensor:
+def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
+              negative_features: torch.Tensor | None = None) -> torch.Tensor:
     """Mean of the image->text and text->image cross-entropies; row i of each matrix is a pair.
 
-    Features should be L2-normalised; `logit_scale` is the multiplier (exp of the learnt log scale)."""
+    Features should be L2-normalised; `logit_scale` is the multiplier (exp of the learnt log scale).
+    `negative_features` (M, E), extra texts that match no image (hard negatives), join the
+    candidates of the image->text direction."""
     logits = logit_scale * image_features @ text_features.T                # (N, N)
     labels = torch.arange(logits.shape[0], device=logits.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    i2t = logits
+    if negative_features is not None:
+        i2t = torch.cat([logits, logit_scale * image_features @ negative_features.T], dim=1)   # (N, N + M)
+    return (F.cross_entropy(i2t, labels) + F.cross_entropy(logits.T, labels)) / 2

@@ -132,6 +132,9 @@ class Trainer:
                                            betas=tuple(cfg.betas), eps=cfg.eps)
         self.stream = BatchStream(self.source, cfg.batch_size, self.model.config.vision.image_size, cfg.seed,
                                   rank=self.rank, world_size=self.world, num_workers=cfg.num_workers)
+        if cfg.hard_negatives and not self.stream.has_negatives:
+            raise ConfigError(f"hard_negatives=true needs a data source that makes negative captions (world); "
+                              f"{cfg.data!r} does not")
         self.step = 0
         self.elapsed = 0.0
         self.history: list[dict] = []
@@ -234,32 +237,43 @@ class Trainer:
                 f.write(json.dumps(record) + "\n")
 
     # --- one step --------------------------------------------------------------------------------
-    def _features(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _features(self, images: torch.Tensor, tokens: torch.Tensor, negatives: torch.Tensor | None):
         x = self.model.preprocess.normalize(images.to(self.device, torch.float32) / 255.0)
-        return self.model.encode_image(x, normalize=True), self.model.encode_text(tokens, normalize=True)
+        img = self.model.encode_image(x, normalize=True)
+        if negatives is None:
+            return img, self.model.encode_text(tokens, normalize=True), None
+        txt = self.model.encode_text(torch.cat([tokens, negatives]), normalize=True)   # one pass for both
+        return img, txt[:len(tokens)], txt[len(tokens):]
+
+    def _loss(self, img, txt, neg) -> torch.Tensor:
+        neg = gather_features(neg) if neg is not None else None
+        return clip_loss(gather_features(img), gather_features(txt), self.model.logit_scale.exp(), neg)
 
     def train_step(self, step: int) -> float:
         images, captions = self.stream.batch(step)                      # this rank's slice (uint8)
         tokens = self.model.tokenize(captions, truncate=True)
+        negatives = None
+        if self.cfg.hard_negatives:
+            negatives = self.model.tokenize(self.stream.negatives(step), truncate=True)
         k = self.cfg.accum_steps
         img_chunks, tok_chunks = images.chunk(k), tokens.chunk(k)
+        neg_chunks = negatives.chunk(k) if negatives is not None else [None] * k
         self.optimizer.zero_grad(set_to_none=True)
         if k == 1:
-            img, txt = self._features(images, tokens)
-            loss = clip_loss(gather_features(img), gather_features(txt), self.model.logit_scale.exp())
+            loss = self._loss(*self._features(images, tokens, negatives))
             loss.backward()
         else:
             # exact accumulation: features of every micro-batch first (no graph), then each micro-batch
             # again with its graph while the others stay fixed; the summed gradients equal the full batch's
             with torch.no_grad():
-                cached = [self._features(i, t) for i, t in zip(img_chunks, tok_chunks)]
-            for j, (i, t) in enumerate(zip(img_chunks, tok_chunks)):
-                img_j, txt_j = self._features(i, t)
-                imgs = torch.cat([img_j if m == j else c[0] for m, c in enumerate(cached)])
-                txts = torch.cat([txt_j if m == j else c[1] for m, c in enumerate(cached)])
-                loss = clip_loss(gather_features(imgs), gather_features(txts), self.model.logit_scale.exp())
+                cached = [self._features(*c) for c in zip(img_chunks, tok_chunks, neg_chunks)]
+            for j, chunk in enumerate(zip(img_chunks, tok_chunks, neg_chunks)):
+                fresh = self._features(*chunk)
+                parts = [fresh if m == j else c for m, c in enumerate(cached)]
+                feats = [torch.cat([p[f] for p in parts]) if parts[0][f] is not None else None for f in range(3)]
+                loss = self._loss(*feats)
                 # logit_scale's gradient is complete in each micro-batch's loss: count it once
-                loss.backward(retain_graph=False)
+                loss.backward()
                 if j == 0:
                     scale_grad = self.model.logit_scale.grad.clone()
             self.model.logit_scale.grad.copy_(scale_grad)

@@ -315,7 +315,7 @@ def _twin_scene(rng: Rng, spec: SceneSpec, split: str, jitter: float) -> SceneSp
     """Same object and layout under another condition (or another object in the same condition)."""
     land = spec.landscape
     options = [(o, c) for o, c in scene_pairs(split) if o == land.obj and c != land.condition]
-    if not options or rng.chance(0.3):
+    if not options or rng.chance(0.5):
         options = [(o, c) for o, c in scene_pairs(split) if c == land.condition and o != land.obj] or options
     if not options:
         return spec

@@ -27,7 +27,7 @@ from .spec import SceneSpec
 from .vocab import KINDS
 
 DEFAULT_KINDS: dict[str, float] = {"object": 0.35, "count": 0.2, "relation": 0.2, "scene": 0.25}
-_SPEC_STREAM, _CAPTION_STREAM, _TWIN_STREAM = 0, 1, 2
+_SPEC_STREAM, _CAPTION_STREAM, _TWIN_STREAM, _NEGATIVE_STREAM = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -169,6 +169,23 @@ class World:
     def caption(self, index: int) -> str:
         """Caption of sample `index`."""
         return self._attrs(index, self.spec(index))[0]
+
+    def negative_caption(self, index: int) -> str:
+        """A caption of sample `index` with one attribute wrong (another colour, shape, count or
+        condition; the relation reversed), worded with the same template: a hard negative text."""
+        i = self._check_index(index)
+        spec = self.spec(i)
+        text = self.caption(i)
+        for attempt in range(16):       # the edit must show in the words (a scene caption may omit the condition)
+            wrong = twin(Rng(self.config.seed, i, _NEGATIVE_STREAM, attempt), spec, self.config.split,
+                         self.config.jitter)
+            negative = caption(ground_truth(wrong), Rng(self.config.seed, i, _CAPTION_STREAM))[0]
+            if negative != text:
+                return negative
+        return "an empty picture"
+
+    def negative_captions(self, indices: Iterable[int]) -> list[str]:
+        return [self.negative_caption(i) for i in indices]
 
     def captions(self, indices: Iterable[int]) -> list[str]:
         """Captions of several samples."""
