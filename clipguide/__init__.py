@@ -9,6 +9,7 @@ Public API (everything else is internal and may change)::
 from .checkpoints import FORMATS, bundled_models, create_model, load, save
 from .errors import (CheckpointError, ClipguideError, ConfigError, InputError, TextTooLongError,
                      WeightsNotFoundError)
+from .guide import CLIPLoss, Cutouts, FourierImage, PixelImage, Prompt, steer
 from .models import CLIP, CLIPConfig, TextConfig, VisionConfig, get_config, list_models
 from .preprocess import Preprocess, load_image, save_image
 from .tokenizer import Tokenizer
@@ -20,6 +21,8 @@ __all__ = [
     "CLIP", "CLIPConfig", "VisionConfig", "TextConfig", "list_models", "get_config", "create_model",
     # checkpoints
     "load", "save", "bundled_models", "FORMATS",
+    # guidance
+    "CLIPLoss", "Cutouts", "Prompt", "PixelImage", "FourierImage", "steer",
     # text and images
     "Tokenizer", "Preprocess", "load_image", "save_image",
     # errors

@@ -172,6 +172,32 @@ def cmd_world(args) -> int:
     return 0
 
 
+def cmd_generate(args) -> int:
+    """Text to image with a parameterization steered by CLIPLoss."""
+    import torch
+
+    import clipguide
+    from clipguide.guide import PARAMETERIZATIONS, Cutouts, total_variation
+
+    model = _load(args)
+    size = args.size or model.config.vision.image_size
+    torch.manual_seed(args.seed)
+    gen = PARAMETERIZATIONS[args.generator](size, 1, generator=torch.Generator().manual_seed(args.seed))
+    cut_size = model.config.vision.image_size
+    loss = clipguide.CLIPLoss(model, args.prompt, cutouts=Cutouts(size=cut_size, n=args.cutouts,
+                                                                  min_size=0.5, noise=0.05))
+    result = clipguide.steer(gen, loss, steps=args.steps, lr=args.lr, seed=args.seed,
+                             regularisers=[(total_variation, args.tv)] if args.tv else (),
+                             frame_every=max(1, args.steps // 40) if args.timelapse else 0,
+                             settings={"generator": args.generator, "size": size, "cutouts": args.cutouts})
+    out = result.save(args.out)
+    if args.timelapse:
+        result.save_timelapse(args.timelapse)
+    print(json.dumps({"out": str(out), "best_loss": round(result.best_loss, 5), "steps": result.steps,
+                      "seconds": round(result.seconds, 2), "stopped": result.stopped}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clipguide", description=(
         "Text-guided image generation and editing with CLIP as a loss. "
@@ -237,6 +263,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train (never shows held-out compositions), eval (only those) or all")
     p.add_argument("--shard-size", type=int, default=1000, help="samples per shard for export (default 1000)")
     p.set_defaults(func=cmd_world)
+
+    p = sub.add_parser("generate", help="text to image: steer pixels or a Fourier image with CLIPLoss",
+                       description="Prompts use 'text:weight:stop | text2:weight' (negative weights push away).")
+    p.add_argument("prompt", help='e.g. "a red star on a blue background" or "a gothic church:1 | blurry:-0.5"')
+    p.add_argument("--out", required=True, help="output image (.png keeps the provenance)")
+    p.add_argument("--model", default="default", help="guide model name or checkpoint path (default: bundled)")
+    p.add_argument("--generator", choices=["pixels", "fourier"], default="fourier",
+                   help="image parameterization (default fourier)")
+    p.add_argument("--steps", type=int, default=100, help="optimisation steps (default 100)")
+    p.add_argument("--lr", type=float, default=0.05, help="learning rate (default 0.05)")
+    p.add_argument("--cutouts", type=int, default=16, help="augmented views per step (default 16)")
+    p.add_argument("--size", type=int, default=None, help="image side (default: the model's input size)")
+    p.add_argument("--seed", type=int, default=0, help="seed: same seed, same picture (default 0)")
+    p.add_argument("--tv", type=float, default=0.0, help="total-variation weight (smoothness, default 0)")
+    p.add_argument("--timelapse", default=None, help="also write the optimisation as a GIF here")
+    _add_load_args(p)
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("demo", help="run the end-to-end demo on the embedded default model")
     p.add_argument("--model", default=None, help="model name or path (default: the bundled 'default')")

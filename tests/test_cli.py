@@ -82,3 +82,15 @@ def test_world_sheet_and_export(tmp_path, capsys):
     from clipguide.train.data import open_source
 
     assert len(open_source(f"shards:{tmp_path / 'shards'}")) == 6
+
+
+def test_generate_writes_a_png_with_provenance(nano_path, tmp_path, capsys):
+    from PIL import Image
+
+    out = tmp_path / "g.png"
+    assert main(["generate", "a red circle:1 | a blue square:-0.5", "--model", str(nano_path), "--out", str(out),
+                 "--steps", "3", "--cutouts", "2", "--timelapse", str(tmp_path / "t.gif")]) == 0
+    with Image.open(out) as im:
+        prov = json.loads(im.text["clipguide"])
+    assert prov["prompts"][1] == {"text": "a blue square", "weight": -0.5, "stop": None}
+    assert (tmp_path / "t.gif").exists()

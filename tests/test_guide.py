@@ -251,3 +251,23 @@ def test_bad_construction(model):
         CLIPLoss(model, "")
     with pytest.raises(Exception, match="no file or known model"):
         CLIPLoss("no-such-model", "a red circle")
+
+
+def test_score_report_and_adversarial_flag(model):
+    from clipguide.guide import FourierImage, score, steer
+
+    torch.manual_seed(3)
+    judge = clipguide.create_model("ViT-nano", tokenizer=model.tokenizer).eval()
+    prompts = ["a red circle", "a blue square"]
+    gen = FourierImage(32, 2, generator=torch.Generator().manual_seed(0))
+    start = gen().detach()
+    fn = CLIPLoss(model, "a red circle", cutouts=None)
+    result = steer(gen, fn, steps=15, lr=0.1, progress=False)
+    same = score(result.images, prompts, guide=model, judge=model, initial_images=start)
+    other = score(result.images, prompts, guide=model, judge=judge, initial_images=start)
+    s = same.summary()
+    assert s["n"] == 2 and 0 <= s["judge_top1"] <= 1 and s["adversarial_share"] is not None
+    # guided by the model that judges: never flagged; the flag needs the guide score to rise
+    assert not any(same.adversarial)
+    assert len(other.adversarial) == 2
+    assert same.oracle_passed[0] in (True, False)          # world captions get oracle checks

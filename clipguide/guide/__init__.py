@@ -5,9 +5,11 @@ from .losses import cosine_distance, directional_distance, spherical_distance
 from .params import PARAMETERIZATIONS, FourierImage, PixelImage
 from .prompts import Prompt, parse_prompt, parse_prompts
 from .regularisers import REGULARISERS, l2_to, range_penalty, saturation, total_variation
+from .score import ScoreReport, augmented_score, clip_score, judge_choice, score
 from .steer import StepInfo, SteerResult, StopSteering, steer
 
 __all__ = ["CLIPLoss", "Cutouts", "CutoutParams", "Prompt", "parse_prompt", "parse_prompts",
            "spherical_distance", "cosine_distance", "directional_distance", "encode_text_long", "LOSS_FORMS",
            "PixelImage", "FourierImage", "PARAMETERIZATIONS", "total_variation", "range_penalty", "saturation",
-           "l2_to", "REGULARISERS", "steer", "SteerResult", "StepInfo", "StopSteering"]
+           "l2_to", "REGULARISERS", "steer", "SteerResult", "StepInfo", "StopSteering",
+           "score", "ScoreReport", "clip_score", "augmented_score", "judge_choice"]

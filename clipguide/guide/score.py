@@ -1,0 +1,98 @@
+"""Honest scoring of guided images: the guide model's score, an independent judge model's choice
+among the suite's captions, the guide's score under augmentation, and the world oracle's checks.
+A run whose guide score rises while the judge's does not is flagged as adversarial: the pixels fool
+the model that guided them, not a second one."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..models import CLIP
+from .augment import Cutouts
+
+
+@torch.no_grad()
+def _text(model: CLIP, texts: Sequence[str]) -> torch.Tensor:
+    return model.encode_text(model.tokenize(list(texts), truncate=True), normalize=True)
+
+
+@torch.no_grad()
+def _image(model: CLIP, images: torch.Tensor) -> torch.Tensor:
+    return model.encode_image(model.preprocess(images), normalize=True)
+
+
+@torch.no_grad()
+def clip_score(model: CLIP, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+    """Cosine similarity of each image with its prompt: (B,)."""
+    return (_image(model, images) * _text(model, prompts)).sum(dim=-1)
+
+
+@torch.no_grad()
+def augmented_score(model: CLIP, images: torch.Tensor, prompts: Sequence[str], n: int = 16, seed: int = 1234
+                    ) -> torch.Tensor:
+    """Mean cosine similarity over `n` random views (other draws than any guidance used): (B,)."""
+    size = model.config.vision.image_size
+    views = Cutouts(size=size, n=n, overview=1, noise=0.05, jitter=0.05)(images, torch.Generator().manual_seed(seed))
+    emb = model.encode_image(model.preprocess.normalize(views), normalize=True).view(images.shape[0], n, -1)
+    return (emb * _text(model, prompts)[:, None]).sum(dim=-1).mean(dim=1)
+
+
+@torch.no_grad()
+def judge_choice(judge: CLIP, images: torch.Tensor, candidates: Sequence[str]) -> torch.Tensor:
+    """Index of the candidate caption the judge finds closest, per image: (B,)."""
+    return (_image(judge, images) @ _text(judge, candidates).T).argmax(dim=-1)
+
+
+@dataclass
+class ScoreReport:
+    prompts: list[str]
+    guide: list[float]
+    augmented: list[float]
+    judge_correct: list[bool]
+    oracle_passed: list[bool | None]            # None where the oracle has nothing to check
+    adversarial: list[bool] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        n = max(1, len(self.prompts))
+        checked = [o for o in self.oracle_passed if o is not None]
+        return {"n": len(self.prompts),
+                "guide_score": round(sum(self.guide) / n, 4),
+                "augmented_score": round(sum(self.augmented) / n, 4),
+                "judge_top1": round(sum(self.judge_correct) / n, 4),
+                "oracle_pass": round(sum(checked) / len(checked), 4) if checked else None,
+                "correct": round(sum(j and (o is None or o) for j, o in zip(self.judge_correct, self.oracle_passed)) / n, 4),
+                "adversarial_share": round(sum(self.adversarial) / n, 4) if self.adversarial else None}
+
+
+def score(images: torch.Tensor, prompts: Sequence[str], guide: CLIP, judge: CLIP | None = None,
+          suite: Sequence[str] | None = None, initial_images: torch.Tensor | None = None,
+          oracle: bool = True) -> ScoreReport:
+    """Score image i against prompt i. `suite`: the candidate captions the judge chooses among
+    (default: the prompts themselves). `initial_images`: the images before guidance, to flag runs
+    whose guide score rose while the judge's score of the prompt did not."""
+    prompts = list(prompts)
+    g = clip_score(guide, images, prompts)
+    aug = augmented_score(guide, images, prompts)
+    judge_correct = [True] * len(prompts)
+    adversarial: list[bool] = []
+    if judge is not None:
+        cands = list(suite) if suite is not None else prompts
+        truth = torch.tensor([cands.index(p) for p in prompts])
+        judge_correct = (judge_choice(judge, images, cands) == truth).tolist()
+        if initial_images is not None:
+            g0 = clip_score(guide, initial_images, prompts)
+            j0, j1 = clip_score(judge, initial_images, prompts), clip_score(judge, images, prompts)
+            adversarial = [(a > b + 0.02) and not (d > c + 0.005) for a, b, c, d in
+                           zip(g.tolist(), g0.tolist(), j0.tolist(), j1.tolist())]
+    passed: list[bool | None] = [None] * len(prompts)
+    if oracle:
+        from ..world import oracle as world_oracle
+        from ..world.parse import parse_caption
+
+        for i, p in enumerate(prompts):
+            if parse_caption(p) is not None:
+                passed[i] = bool(world_oracle.check(images[i], p).passed)
+    return ScoreReport(prompts, g.tolist(), aug.tolist(), judge_correct, passed, adversarial)
