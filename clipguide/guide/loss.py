@@ -159,7 +159,7 @@ class CLIPLoss(nn.Module):
                              "rate) or the input is broken")
         lo, hi = self.value_range
         margin = 0.5 * (hi - lo)
-        mn, mx = float(images.min()), float(images.max())
+        mn, mx = float(images.detach().min()), float(images.detach().max())
         if mn < lo - margin or mx > hi + margin:
             raise InputError(f"images span [{mn:.3g}, {mx:.3g}], far outside the declared value_range "
                              f"{self.value_range}; pass value_range=(low, high) to CLIPLoss")
