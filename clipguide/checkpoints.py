@@ -194,9 +194,22 @@ def _hf_config(raw: RawCheckpoint) -> tuple[CLIPConfig, dict]:
     return config, cfg
 
 
+def _open_clip_hub_config(raw: RawCheckpoint) -> dict:
+    """The open_clip_config.json of an open_clip hub directory ({} when absent or unreadable)."""
+    text = raw.metadata.get("open_clip_config.json")
+    if not text:
+        return {}
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{raw.path}: open_clip_config.json is not valid JSON") from None
+    return data if isinstance(data, dict) else {}
+
+
 def detect_format(raw: RawCheckpoint) -> str:
     if raw.kind == "hf_dir":
-        return "hf"
+        # open_clip's hub layout (open_clip_config.json + open_clip_model.safetensors) holds open_clip keys
+        return "open_clip" if "config.json" not in raw.metadata and "open_clip_config.json" in raw.metadata else "hf"
     if raw.metadata.get("format") == FORMAT_TAG:
         return "clipguide"
     keys = raw.tensors.keys()
@@ -236,7 +249,13 @@ def convert(raw: RawCheckpoint, format: str | None = None, arch: str | CLIPConfi
     else:
         sd = _openai_layout(raw.tensors)
         default_act = "quick_gelu" if fmt == "openai" else "gelu"
+        oc = _open_clip_hub_config(raw)
+        if oc.get("model_cfg", {}).get("quick_gelu"):
+            default_act = "quick_gelu"
         config = infer_config(sd, activation or default_act)
+        pp = oc.get("preprocess_cfg", {})
+        if "mean" in pp and "std" in pp:
+            config = config.replace(**{"vision.mean": list(pp["mean"]), "vision.std": list(pp["std"])})
         tokenizer = _openai_tokenizer(config)
     if arch is not None:
         config = get_config(arch) if isinstance(arch, str) else arch

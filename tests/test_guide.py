@@ -271,3 +271,25 @@ def test_score_report_and_adversarial_flag(model):
     assert not any(same.adversarial)
     assert len(other.adversarial) == 2
     assert same.oracle_passed[0] in (True, False)          # world captions get oracle checks
+
+
+@pytest.mark.parametrize("arch", ["ViT-nano", "RN-nano"])
+def test_bf16_guidance_gradient_matches_fp32(model, arch):
+    """A frozen bf16 model keeps bf16 weights (no per-step casts); its gradient stays close to fp32's."""
+    import copy
+
+    torch.manual_seed(0)
+    base = clipguide.create_model(arch, tokenizer=model.tokenizer).eval()
+    S = base.config.vision.image_size
+    x = torch.rand(1, 3, S + 8, S + 8)
+
+    def grad(m):
+        fn = CLIPLoss(m, "a red circle", cutouts=Cutouts(size=S, n=8))
+        xx = x.clone().requires_grad_(True)
+        fn(xx, torch.Generator().manual_seed(0)).backward()
+        return xx.grad, fn
+
+    g32, _ = grad(copy.deepcopy(base))
+    g16, fn = grad(copy.deepcopy(base).set_precision("bf16"))
+    assert fn.model0.dtype == torch.bfloat16
+    assert F.cosine_similarity(g32.flatten(), g16.flatten(), dim=0) > 0.99

@@ -136,3 +136,23 @@ def test_hf_directory(tmp_path, act):
     assert (mi - ti).abs().max().item() <= 1e-4
     assert (mt - tt).abs().max().item() <= 1e-4
     assert float(ours.logit_scale) == pytest.approx(float(theirs.logit_scale))
+
+
+def test_open_clip_hub_directory_reads_quickgelu_from_its_config(tmp_path):
+    """open_clip's hub layout: open_clip_config.json (model_cfg with quick_gelu) + open_clip_model.safetensors."""
+    import json
+
+    from safetensors.torch import save_file
+
+    torch.manual_seed(3)
+    theirs = open_clip.create_model("RN50-quickgelu", pretrained=None).eval()
+    save_file({k: v.contiguous() for k, v in theirs.state_dict().items()}, str(tmp_path / "open_clip_model.safetensors"))
+    cfg = {"model_cfg": {"embed_dim": 1024, "quick_gelu": True,
+                         "vision_cfg": {"image_size": 224, "layers": [3, 4, 6, 3], "width": 64},
+                         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12}},
+           "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(cfg))
+    ours = clipguide.load(tmp_path)
+    assert ours.format == "open_clip" and ours.config.activation == "quick_gelu"
+    assert ours.config.vision.mean == (0.5, 0.5, 0.5)
+    _assert_parity(ours, theirs, *_inputs(224, 49408, 77, seed=6), atol=1e-5)

@@ -117,6 +117,7 @@ class CLIPLoss(nn.Module):
         self.members = _members(models)
         for i, m in enumerate(self.members):
             m.model.eval().requires_grad_(False)
+            m.model.freeze_low_precision()
             self.add_module(f"model{i}", m.model)
         self.cutouts = cutouts if isinstance(cutouts, Cutouts) or cutouts is None else Cutouts(n=int(cutouts))
         if loss == "directional" and (source_text is None or source_image is None):

@@ -62,8 +62,16 @@ class CLIP(nn.Module):
             self.float()
         return self
 
-    def _autocast(self):
+    def freeze_low_precision(self) -> "CLIP":
+        """For a frozen model (guidance) at bf16 on the CPU: keep bf16 weights instead of letting
+        autocast re-cast every weight on every call. Layer norms and softmax still run in fp32."""
         if self.precision == "bf16" and self.logit_scale.device.type == "cpu":
+            self.requires_grad_(False)
+            self.to(torch.bfloat16)
+        return self
+
+    def _autocast(self):
+        if self.precision == "bf16" and self.logit_scale.device.type == "cpu" and self.dtype == torch.float32:
             return torch.autocast("cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
