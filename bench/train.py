@@ -70,7 +70,7 @@ def run_open_clip(csv: Path, model_dir: Path, name: str, args, work: Path) -> li
     """)
     logs = work / "oc_logs"
     cmd = [sys.executable, "-c", code, "--train-data", str(csv), "--dataset-type", "csv",
-           "--csv-img-key", "filepath", "--csv-caption-key", "title", "--model", name,
+           "--csv-img-key", "filepath", "--csv-caption-key", "title", "--csv-separator", ",", "--model", name,
            "--batch-size", str(args.batch), "--epochs", "1", "--workers", "0", "--device", "cpu",
            "--precision", "amp_bf16" if args.precision == "bf16" else "fp32", "--lr", "1e-3",
            "--warmup", "10", "--log-every-n-steps", "1", "--save-frequency", "0", "--zeroshot-frequency", "0",
