@@ -18,13 +18,13 @@ import json
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .atomic import atomic_path
 from .errors import CheckpointError, ClipguideError, ConfigError, WeightsNotFoundError
 from .formats.readers import RawCheckpoint, read_checkpoint
 from .models import CLIP, CLIPConfig, get_config, list_models
@@ -101,7 +101,7 @@ def _openai_layout(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for k, v in tensors.items():
         if k.startswith("module."):
             k = k[len("module."):]
-        if k.startswith("text.") and not k.startswith("text_projection"):
+        if k.startswith("text."):
             k = k[len("text."):]              # open_clip's separate text tower
             if k == "text_projection.weight":  # Linear projection: (E, D) -> (D, E)
                 k, v = "text_projection", v.t()
@@ -420,13 +420,6 @@ def save(model: CLIP, path: str | os.PathLike, *, dtype: torch.dtype | None = No
         if k in meta:
             raise ConfigError(f"metadata key {k!r} is reserved")
         meta[k] = str(v)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
     return path

@@ -148,15 +148,13 @@ def load_images(sources) -> torch.Tensor:
 
 def save_image(image: torch.Tensor, path: str | Path, pnginfo: dict[str, str] | None = None) -> Path:
     """Write a (3, H, W) or (1, 3, H, W) tensor in [0, 1] as an image, atomically; PNG text chunks from `pnginfo`."""
-    import os
-    import tempfile
-
     from PIL import Image, PngImagePlugin
+
+    from .atomic import atomic_path
 
     image = check_images(image.detach().cpu())[0].clamp(0, 1)
     arr = (image.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(path.suffix.lower())
     if fmt is None:
         raise InputError(f"cannot write {path}: use a .png, .jpg or .webp file name")
@@ -166,13 +164,7 @@ def save_image(image: torch.Tensor, path: str | Path, pnginfo: dict[str, str] | 
         for k, v in pnginfo.items():
             info.add_itxt(k, str(v))
         kwargs["pnginfo"] = info
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=path.suffix) as tmp:
         Image.fromarray(arr).save(tmp, format=fmt, **kwargs)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 

@@ -503,14 +503,6 @@ def _default_vocab_path() -> Path:
     return Path(cache) / "clipguide" / OPENAI_VOCAB_FILENAME
 
 
-def _sha256(file: Path) -> str:
-    digest = hashlib.sha256()
-    with open(file, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def find_openai_vocab(path: str | os.PathLike[str] | None = None) -> Path:
     """Locate OpenAI's ``bpe_simple_vocab_16e6.txt.gz`` and verify its SHA256.
 
@@ -533,7 +525,9 @@ def find_openai_vocab(path: str | os.PathLike[str] | None = None) -> Path:
             f"at {candidate} ({origin}). Put the file (it is distributed with OpenAI's CLIP and with "
             f"open_clip) in one of: a path passed explicitly; the path in ${BPE_PATH_ENV}; "
             f"{_default_vocab_path()}.")
-    actual = _sha256(candidate)
+    from .hub import sha256_file
+
+    actual = sha256_file(candidate)
     if actual != OPENAI_VOCAB_SHA256:
         raise CheckpointError(
             f"{candidate} has SHA256 {actual}, but OpenAI's {OPENAI_VOCAB_FILENAME} has "

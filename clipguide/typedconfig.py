@@ -6,6 +6,7 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Mapping
 from typing import Any
 
 from .errors import ConfigError
@@ -41,15 +42,20 @@ def coerce(value: Any, want: Any) -> tuple[bool, Any]:
     return False, value
 
 
-def check_fields(cls: type, data: Any, where: str) -> dict[str, Any]:
-    """`data` checked against the fields of dataclass `cls`: unknown keys and wrong types raise
-    ConfigError. Nested dataclass fields are passed through for their own class to check."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a JSON object, got {type(data).__name__}")
+def reject_unknown_keys(cls: type, data: Any, where: str) -> None:
+    """ConfigError unless `data` is a mapping whose keys are all fields of dataclass `cls`."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping (JSON object), got {type(data).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(names)}")
+
+
+def check_fields(cls: type, data: Any, where: str) -> dict[str, Any]:
+    """`data` checked against the fields of dataclass `cls`: unknown keys and wrong types raise
+    ConfigError. Nested dataclass fields are passed through for their own class to check."""
+    reject_unknown_keys(cls, data, where)
     hints = typing.get_type_hints(cls)
     out = {}
     for k, v in data.items():

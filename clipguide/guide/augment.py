@@ -59,6 +59,7 @@ class Cutouts(nn.Module):
         self.perspective, self.noise, self.padding = float(perspective), float(noise), padding
         self.supersample = supersample
         self.overview_squeeze = overview_squeeze
+        self._base_grids: dict[tuple, torch.Tensor] = {}
 
     def extra_repr(self) -> str:
         return (f"size={self.size}, n={self.n}, overview={self.overview}, min_size={self.min_size}, "
@@ -116,9 +117,13 @@ class Cutouts(nn.Module):
     def _grid(self, params: CutoutParams, factor: int, device, dtype) -> torch.Tensor:
         """Sampling grid (B, n * S', S', 2) for all views, S' = size * factor."""
         S = params.size * factor
-        lin = (torch.arange(S, device=device, dtype=dtype) * 2 + 1) / S - 1    # pixel centres in [-1, 1]
-        v, u = torch.meshgrid(lin, lin, indexing="ij")
-        base = torch.stack([u, v, torch.ones_like(u)], dim=-1).view(1, 1, S * S, 3)   # (1, 1, S*S, 3)
+        key = (S, str(device), dtype)
+        base = self._base_grids.get(key)
+        if base is None:                # the pixel-centre grid is fixed per size: built once, not every step
+            lin = (torch.arange(S, device=device, dtype=dtype) * 2 + 1) / S - 1    # pixel centres in [-1, 1]
+            v, u = torch.meshgrid(lin, lin, indexing="ij")
+            base = torch.stack([u, v, torch.ones_like(u)], dim=-1).view(1, 1, S * S, 3)   # (1, 1, S*S, 3)
+            self._base_grids[key] = base
         pts = base @ params.homography.to(dtype).transpose(-1, -2)                     # (B, n, S*S, 3)
         xy = pts[..., :2] / pts[..., 2:].clamp(min=1e-6)
         B, n = params.homography.shape[:2]

@@ -59,10 +59,9 @@ class SteerResult:
 
     def save_timelapse(self, path: str | Path, duration_ms: int = 80, index: int = 0) -> Path:
         """The frames recorded every `frame_every` steps as an animated GIF."""
-        import os
-        import tempfile
-
         from PIL import Image
+
+        from ..atomic import atomic_path
 
         if not self.frames:
             raise InputError("no frames were recorded: pass frame_every=N to steer()")
@@ -71,11 +70,8 @@ class SteerResult:
             raise InputError(f"timelapse {path}: only .gif is written")
         pics = [Image.fromarray((f[index].clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype("uint8"))
                 for f in self.frames]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".gif")
-        os.close(fd)
-        pics[0].save(tmp, save_all=True, append_images=pics[1:], duration=duration_ms, loop=0)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".gif") as tmp:
+            pics[0].save(tmp, save_all=True, append_images=pics[1:], duration=duration_ms, loop=0)
         return path
 
 
@@ -180,8 +176,6 @@ def steer(generator: nn.Module, loss_fn: Callable[..., torch.Tensor], steps: int
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{value:.4f}")
-        else:
-            step = steps
     except KeyboardInterrupt:
         stopped = f"interrupted at step {step}"
     except StopSteering as e:

@@ -13,7 +13,6 @@ import math
 import os
 import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -22,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from .. import checkpoints
+from ..atomic import atomic_path
 from ..errors import CheckpointError, ConfigError
 from ..models import CLIP, get_config
 from ..version import __version__
@@ -84,22 +84,13 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 # atomic files
 # ---------------------------------------------------------------------------------------------------
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 # ---------------------------------------------------------------------------------------------------

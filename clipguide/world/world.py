@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, InputError
+from ..typedconfig import reject_unknown_keys
 from .attributes import ground_truth
 from .captions import canonical_caption, caption, detailed_caption
 from .raster import to_uint8
@@ -87,12 +88,7 @@ class WorldConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> WorldConfig:
         """Build from a plain mapping; unknown keys raise ConfigError."""
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"WorldConfig: expected a mapping, got {type(data).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"WorldConfig: unknown key(s) {unknown}; valid keys are {sorted(names)}")
+        reject_unknown_keys(cls, data, "WorldConfig")
         return cls(**dict(data))
 
     def to_dict(self) -> dict[str, Any]:
