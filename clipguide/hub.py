@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,25 +73,22 @@ def _download(w: RemoteWeights, path: Path) -> None:
             f"(or set CLIPGUIDE_CACHE to the folder holding it); it is published at {w.url}")
     if os.environ.get("CLIPGUIDE_OFFLINE", "") not in ("", "0"):
         raise WeightsNotFoundError(f"offline (CLIPGUIDE_OFFLINE is set). {hint}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
+    from tqdm.auto import tqdm
+
+    from .atomic import atomic_path
+
     h = hashlib.sha256()
     try:
-        from tqdm.auto import tqdm
-
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(w.url, timeout=30) as resp:
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=w.filename) as bar:
-                while block := resp.read(1 << 20):
-                    out.write(block)
-                    h.update(block)
-                    bar.update(len(block))
-        if h.hexdigest() != w.sha256:
-            raise CheckpointError(f"downloaded {w.filename} has SHA256 {h.hexdigest()}, expected {w.sha256}; "
-                                  "try again later")
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".part") as tmp:
+            with open(tmp, "wb") as out, urllib.request.urlopen(w.url, timeout=30) as resp:
+                total = int(resp.headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc=w.filename) as bar:
+                    while block := resp.read(1 << 20):
+                        out.write(block)
+                        h.update(block)
+                        bar.update(len(block))
+            if h.hexdigest() != w.sha256:
+                raise CheckpointError(f"downloaded {w.filename} has SHA256 {h.hexdigest()}, expected {w.sha256}; "
+                                      "try again later")
     except OSError as e:
         raise WeightsNotFoundError(f"could not download ({e}). {hint}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
