@@ -132,11 +132,14 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    """Zero-shot on the world's held-out tasks, retrieval, and a linear probe: one JSON line each."""
+    """Zero-shot on the world's held-out tasks, retrieval, and a linear probe: one JSON line each;
+    or (`eval guided`) pictures steered for the held-out prompt suite, scored by a judge."""
     import torch
 
     from clipguide.train import evaluate as ev
 
+    if args.what == "guided":
+        return _eval_guided(args)
     model = _load(args)
     torch.manual_seed(0)
     tasks = args.task or ["colour_shape", "count", "relation", "scene", "retrieval", "linear_probe"]
@@ -151,6 +154,35 @@ def cmd_eval(args) -> int:
                 single = ev.world_zero_shot(model, name, n=args.n, seed=args.seed, ensemble=False)
                 result = {**ens, "top1_single_prompt": single["top1"], "top5_single_prompt": single["top5"]}
             print(json.dumps({"task": name, "model": args.model, **result}), flush=True)
+    return 0
+
+
+def _eval_guided(args) -> int:
+    import clipguide
+    from clipguide.guide.suite import guided_eval, world_prompt_suite
+
+    guide = _load(args)
+    judge = clipguide.load(args.judge, device=args.device)
+    if args.prompts:
+        from pathlib import Path
+
+        prompts = [line.strip() for line in Path(args.prompts).read_text().splitlines() if line.strip()]
+    else:
+        prompts = world_prompt_suite()
+    report, pictures = guided_eval(guide, judge, prompts, generator=args.generator, steps=args.steps, lr=args.lr,
+                                   cutouts=args.cutouts, size=args.size, seed=args.seed, tv=args.tv)
+    for i, p in enumerate(report.prompts):
+        print(json.dumps({"prompt": p, "guide_score": round(report.guide[i], 4),
+                          "augmented_score": round(report.augmented[i], 4), "judge_correct": report.judge_correct[i],
+                          "oracle_passed": report.oracle_passed[i],
+                          "adversarial": report.adversarial[i] if report.adversarial else None}), flush=True)
+    summary = {"task": "guided", "guide": args.model, "judge": args.judge, "generator": args.generator,
+               "steps": args.steps, "cutouts": args.cutouts, "seed": args.seed, **report.summary()}
+    print(json.dumps(summary), flush=True)
+    if args.sheet:
+        from clipguide.world import contact_sheet
+
+        contact_sheet(list(pictures), report.prompts, args.sheet)
     return 0
 
 
@@ -174,22 +206,12 @@ def cmd_world(args) -> int:
 
 def cmd_generate(args) -> int:
     """Text to image with a parameterization steered by CLIPLoss."""
-    import torch
-
-    import clipguide
-    from clipguide.guide import PARAMETERIZATIONS, Cutouts, total_variation
+    from clipguide.guide.suite import guided_image
 
     model = _load(args)
-    size = args.size or model.config.vision.image_size
-    torch.manual_seed(args.seed)
-    gen = PARAMETERIZATIONS[args.generator](size, 1, generator=torch.Generator().manual_seed(args.seed))
-    cut_size = model.config.vision.image_size
-    loss = clipguide.CLIPLoss(model, args.prompt, cutouts=Cutouts(size=cut_size, n=args.cutouts,
-                                                                  min_size=0.5, noise=0.05))
-    result = clipguide.steer(gen, loss, steps=args.steps, lr=args.lr, seed=args.seed,
-                             regularisers=[(total_variation, args.tv)] if args.tv else (),
-                             frame_every=max(1, args.steps // 40) if args.timelapse else 0,
-                             settings={"generator": args.generator, "size": size, "cutouts": args.cutouts})
+    result = guided_image(model, args.prompt, generator=args.generator, size=args.size, steps=args.steps,
+                          lr=args.lr, cutouts=args.cutouts, seed=args.seed, tv=args.tv,
+                          frame_every=max(1, args.steps // 40) if args.timelapse else 0)
     out = result.save(args.out)
     if args.timelapse:
         result.save_timelapse(args.timelapse)
@@ -243,7 +265,21 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Prints one JSON line per task. Tasks: colour_shape, count, relation, scene "
                        "(zero-shot on held-out compositions, with and without prompt ensembling), retrieval "
                        "(R@1/5/10 both ways) and linear_probe (logistic regression on frozen image features).")
-    p.add_argument("--model", default="default", help="model name or checkpoint path (default: bundled 'default')")
+    p.add_argument("what", nargs="?", choices=["zero-shot", "guided"], default="zero-shot",
+                   help="zero-shot (default): the held-out tasks below; guided: steer one picture per prompt of "
+                   "the held-out suite with --model and score it with --judge and the world oracle")
+    p.add_argument("--model", default="default", help="model name or checkpoint path (default: bundled 'default'); "
+                   "for 'guided' the guide")
+    p.add_argument("--judge", default="judge", help="guided: the independent scoring model (default: bundled 'judge')")
+    p.add_argument("--prompts", default=None, help="guided: a text file, one prompt per line (default: the world's "
+                   "held-out suite, 52 prompts)")
+    p.add_argument("--generator", choices=["pixels", "fourier"], default="fourier", help="guided: parameterization")
+    p.add_argument("--steps", type=int, default=100, help="guided: steps per picture (default 100)")
+    p.add_argument("--lr", type=float, default=0.05, help="guided: learning rate (default 0.05)")
+    p.add_argument("--cutouts", type=int, default=16, help="guided: augmented views per step (default 16)")
+    p.add_argument("--size", type=int, default=None, help="guided: picture side (default: the guide's input size)")
+    p.add_argument("--tv", type=float, default=0.0, help="guided: total-variation weight (default 0)")
+    p.add_argument("--sheet", default=None, help="guided: also write a contact sheet of the pictures (PNG)")
     p.add_argument("--task", action="append", choices=["colour_shape", "count", "relation", "scene", "retrieval",
                                                        "linear_probe"], help="task to run (repeatable; default all)")
     p.add_argument("--n", type=int, default=500, help="images per zero-shot task (default 500)")

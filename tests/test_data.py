@@ -142,6 +142,14 @@ def test_world_source_and_batch_path():
     assert not open_source("world", length=50).endless
 
 
+def test_world_options_may_hold_json_with_commas():
+    src = open_source('world:seed=2,kinds={"object":0.25,"relation":0.75},twins=0.5')
+    cfg = src.world.config
+    assert (cfg.seed, cfg.twins, cfg.kinds) == (2, 0.5, {"object": 0.25, "relation": 0.75})
+    with pytest.raises(ConfigError, match="unknown kind"):
+        open_source('world:kinds={"object":1,"planet":1}')
+
+
 def test_exported_shards_read_back(shards, tmp_path):
     assert [p.name for p in shards] == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
     assert not list(shards[0].parent.glob("*.tmp"))

@@ -81,6 +81,25 @@ def test_config_checked():
     assert cfg.steps == 7 and cfg.arch == {"vision.width": 32} and cfg.betas == (0.8, 0.9)
 
 
+def test_sincos_position_init(tmp_path):
+    from clipguide.models.layers import sincos_positions
+
+    codes = sincos_positions(4, 16)                                  # (1 + 16, 16)
+    assert codes.shape == (17, 16) and torch.all(codes[0] == 0)
+    # the x code of a patch depends only on its column, the y code only on its row
+    grid = codes[1:].view(4, 4, 16)
+    assert torch.allclose(grid[0, :, :8], grid[3, :, :8]) and torch.allclose(grid[:, 0, 8:], grid[:, 2, 8:])
+    assert not torch.allclose(grid[0, 0, :8], grid[0, 1, :8])
+    trainer = Trainer(tiny(tmp_path, "steps=1", "pos_init=sincos"), progress=False)
+    pe = trainer.model.visual.positional_embedding
+    assert torch.equal(pe.detach(), sincos_positions(int((pe.shape[0] - 1) ** 0.5), pe.shape[1]))
+    with pytest.raises(ConfigError, match="pos_init"):
+        TrainConfig.from_file(None, ["pos_init=zeros"])
+    rn = Trainer(tiny(tmp_path, "steps=1", "pos_init=sincos", "model=RN-nano"), progress=False)
+    pe = rn.model.visual.attnpool.positional_embedding
+    assert torch.equal(pe.detach(), sincos_positions(int((pe.shape[0] - 1) ** 0.5), pe.shape[1]))
+
+
 def test_temperature_is_clamped_at_100(tmp_path):
     trainer = Trainer(tiny(tmp_path, "steps=1"), progress=False)
     with torch.no_grad():

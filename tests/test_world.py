@@ -161,8 +161,11 @@ def test_attributes_cover_vocabulary_and_backgrounds_contrast():
         if a["kind"] == "relation":
             seen["relation"].add(a["relation"])
             assert a["objects"][0][0] != a["objects"][1][0]
-        if a["kind"] == "scene":
+        if a["kind"] == "scene" and "condition" in a:
             seen["scene"].add((a["object"], a["condition"]))
+        elif a["kind"] == "scene":                      # an object alone on a plain backdrop
+            seen["backdrop"].add(a["object"])
+            assert spec.landscape.backdrop is not None and spec.landscape.condition == "plain"
         if spec.background is not None:
             seen["background"].add(spec.background.kind)
             tones = [spec.background.rgb] + ([spec.background.rgb2]
@@ -176,6 +179,7 @@ def test_attributes_cover_vocabulary_and_backgrounds_contrast():
     assert seen["count"] == set(COUNTS) and seen["relation"] == set(RELATIONS)
     assert seen["shape"] == set(SHAPES) and seen["scene"] == set(SCENE_CLASSES)
     assert seen["background"] == {"neutral", "plain", "gradient", "stripes"}
+    assert seen["backdrop"] == set(SCENE_OBJECTS)
 
 
 def test_count_shapes_do_not_overlap():
@@ -383,7 +387,7 @@ def test_oracle_accuracy_on_single_object_renders():
 
 def test_oracle_on_count_relation_and_scene_renders():
     for kind, n in (("count", 150), ("relation", 150), ("scene", 100)):
-        w = World(seed=22, split="all", kinds={kind: 1})
+        w = World(seed=22, split="all", kinds={kind: 1}, backdrops=0.0)
         passed = sum(oracle.check(w.sample(i).image, w.attrs(i)).passed for i in range(n))
         assert passed >= 0.97 * n, (kind, passed)
 

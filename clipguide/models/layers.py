@@ -145,3 +145,32 @@ class Transformer(nn.Module):
             nn.init.zeros_(block.mlp.c_fc.bias)
             nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
             nn.init.zeros_(block.mlp.c_proj.bias)
+
+
+def sincos_positions(grid: int, width: int) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position codes, (1 + grid * grid, width), the class token's row zero:
+    a quarter of the channels each hold sin(x f), cos(x f), sin(y f), cos(y f) over geometric
+    frequencies, so where a patch sits is linearly readable from the start of training."""
+    if width % 4:
+        raise ValueError(f"sine-cosine positions need a width divisible by 4, got {width}")
+    n = width // 4
+    freq = 1.0 / (100.0 ** (torch.arange(n, dtype=torch.float64) / max(1, n)))     # (n,)
+    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float64),
+                            torch.arange(grid, dtype=torch.float64), indexing="ij")
+    ax, ay = xs.reshape(-1, 1) * freq, ys.reshape(-1, 1) * freq                    # (g*g, n)
+    codes = torch.cat([ax.sin(), ax.cos(), ay.sin(), ay.cos()], dim=1)              # (g*g, width)
+    return torch.cat([torch.zeros(1, width, dtype=torch.float64), codes]).float()
+
+
+@torch.no_grad()
+def init_positions(embedding: torch.Tensor, grid: int, kind: str = "random") -> None:
+    """Re-initialise a (1 + grid * grid, width) position embedding in place: 'random' (CLIP's
+    scaled normal) or 'sincos' (2-D sine-cosine codes, still trained; they help a small model
+    learn where things are)."""
+    width = embedding.shape[1]
+    if kind == "sincos":
+        embedding.copy_(sincos_positions(grid, width))
+    elif kind == "random":
+        embedding.normal_(0.0, width ** -0.5)
+    else:
+        raise ValueError(f"position init must be 'random' or 'sincos', got {kind!r}")

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import CLIPConfig
-from .layers import Linear
+from .layers import Linear, init_positions
 
 
 class Bottleneck(nn.Module):
@@ -51,6 +51,10 @@ class AttentionPool2d(nn.Module):
         self.v_proj = Linear(width, width)
         self.c_proj = Linear(width, out_dim)
         self.heads = heads
+
+    def init_positions(self, kind: str = "random") -> None:
+        """Re-initialise the position embedding: 'random' (CLIP's) or 'sincos' (2-D codes)."""
+        init_positions(self.positional_embedding, int(round((self.positional_embedding.shape[0] - 1) ** 0.5)), kind)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:                  # (B, C, H, W) -> (B, E)
         B, C = x.shape[:2]
@@ -102,6 +106,10 @@ class ModifiedResNet(nn.Module):
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             for block in stage:
                 nn.init.zeros_(block.bn3.weight)   # each residual branch starts as identity
+
+    def init_positions(self, kind: str = "random") -> None:
+        """Re-initialise the attention pool's position embedding ('random' or 'sincos')."""
+        self.attnpool.init_positions(kind)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:                  # (B, 3, S, S) -> (B, E)
         x = x.contiguous(memory_format=torch.channels_last)                # the faster layout for convolutions

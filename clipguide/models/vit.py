@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from .config import CLIPConfig
-from .layers import LayerNorm, Transformer
+from .layers import LayerNorm, Transformer, init_positions
 
 
 class VisionTransformer(nn.Module):
@@ -23,6 +23,10 @@ class VisionTransformer(nn.Module):
         self.ln_post = LayerNorm(v.width, eps=cfg.layer_norm_eps)
         self.proj = nn.Parameter(scale * torch.randn(v.width, cfg.embed_dim))
         self.transformer.init_weights()
+
+    def init_positions(self, kind: str = "random") -> None:
+        """Re-initialise the position embedding: 'random' (CLIP's) or 'sincos' (2-D codes)."""
+        init_positions(self.positional_embedding, self.image_size // self.patch_size, kind)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:                  # (B, 3, S, S) -> (B, E)
         x = self.conv1(x)                                                  # (B, D, g, g)

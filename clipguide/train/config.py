@@ -18,6 +18,7 @@ class TrainConfig:
     model: str = "world-vit"          # architecture name (train from scratch) or a loadable checkpoint (fine-tune)
     arch: dict[str, Any] = field(default_factory=dict)   # overrides of the architecture, e.g. {"vision.width": 192}
     data: str = "world"               # data source spec, see clipguide.train.data.open_source
+    pos_init: str = "random"          # image position embedding init: random | sincos (2-D sine-cosine)
     hard_negatives: bool = False      # add each sample's minimal-edit caption as an extra negative (world data)
     tokenizer: str = "auto"           # auto | train | openai | model  (auto: the checkpoint's, else train one)
     vocab_size: int = 1024            # when a tokenizer is trained from the data's captions
@@ -49,6 +50,8 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         if self.precision not in ("bf16", "fp32"):
             raise ConfigError(f"precision {self.precision!r} must be bf16 or fp32")
+        if self.pos_init not in ("random", "sincos"):
+            raise ConfigError(f"pos_init {self.pos_init!r} must be random or sincos")
         if self.tokenizer not in ("auto", "train", "openai", "model"):
             raise ConfigError(f"tokenizer {self.tokenizer!r} must be auto, train, openai or model")
         for name in ("steps", "batch_size", "accum_steps", "save_every", "log_every"):

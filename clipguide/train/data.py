@@ -627,9 +627,25 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+def _top_level_split(text: str) -> list[str]:
+    """Split at commas outside brackets and braces, so a JSON value may hold commas:
+    'seed=3,kinds={"object":1,"scene":2}'."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts
+
+
 def _parse_options(spec: str, text: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
+    for part in filter(None, (p.strip() for p in _top_level_split(text))):
         key, eq, value = part.partition("=")
         if not eq or not key.strip():
             raise ConfigError(f"data source {spec!r}: option {part!r} is not key=value "

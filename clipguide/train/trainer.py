@@ -150,7 +150,10 @@ class Trainer:
             arch = arch.replace(**changes)
         except ConfigError as e:
             raise ConfigError(f"arch overrides {cfg.arch}: {e}") from None
-        return checkpoints.create_model(arch, tokenizer=tokenizer).train()
+        model = checkpoints.create_model(arch, tokenizer=tokenizer).train()
+        if cfg.pos_init != "random":
+            model.visual.init_positions(cfg.pos_init)
+        return model
 
     def _make_tokenizer(self, context_length: int):
         from ..tokenizer import Tokenizer, find_openai_vocab

@@ -5,7 +5,7 @@ Attribute dicts by kind:
   count:    kind, colour, shape, size, count, background
   relation: kind, objects ((colour, shape), (colour, shape)), relation (of the first to the
             second), background
-  scene:    kind, object, condition
+  scene:    kind, object, condition (no condition for an object on a plain backdrop)
 `background` is a palette colour name, 'neutral', 'gradient' or 'stripes'."""
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ def ground_truth(spec: SceneSpec) -> dict[str, Any]:
     relations from centres)."""
     if spec.kind == "scene":
         assert spec.landscape is not None
+        if spec.landscape.backdrop is not None:          # on a plain stage: no condition
+            return {"kind": "scene", "object": spec.landscape.obj}
         return {"kind": "scene", "object": spec.landscape.obj, "condition": spec.landscape.condition}
     assert spec.background is not None and spec.shapes
     bg = background_name(spec.background)

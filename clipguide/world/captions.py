@@ -22,6 +22,8 @@ RELATION_TEMPLATES = ("a rel b", "prefix a rel b", "b inverse a", "a is rel b",
                       "a here and b there", "there is a rel b", "a rel b on background")
 SCENE_TEMPLATES = ("np condition", "prefix np condition", "condition scene with np", "np",
                    "there is np condition", "a view of np condition")
+# A scene object on a plain backdrop (no condition); ids follow SCENE_TEMPLATES'.
+BACKDROP_TEMPLATES = ("np", "prefix np", "np on a plain background", "there is np")
 
 SNOW_PHRASES_SUN = ("over the snow", "in winter", "on a snowy day", "over a snowy landscape")
 CANONICAL_CONDITION = {"day": "during the day", "night": "at night", "snow": "in the snow"}
@@ -78,6 +80,8 @@ def canonical_caption(attrs: Attrs) -> str:
         a, b = attrs["objects"]
         return relation_phrase(a, attrs["relation"], b)
     if kind == "scene":
+        if "condition" not in attrs:                      # an object on a plain backdrop
+            return SCENE_NOUNS[attrs["object"]][0]
         return scene_phrase(attrs["object"], attrs["condition"])
     raise ValueError(f"unknown kind {kind!r}")
 
@@ -168,6 +172,11 @@ def _relation_caption(rng: Rng, a: Attrs) -> tuple[str, int]:
 
 
 def _scene_caption(rng: Rng, a: Attrs) -> tuple[str, int]:
+    if "condition" not in a:                             # an object on a plain backdrop
+        t = rng.randint(0, len(BACKDROP_TEMPLATES) - 1)
+        np_ = rng.choice(SCENE_NOUNS[a["object"]])
+        return [np_, f"{rng.choice(PREFIXES)} {np_}", f"{np_} on a plain background",
+                f"there is {np_}"][t], len(SCENE_TEMPLATES) + t
     t = rng.randint(0, len(SCENE_TEMPLATES) - 1)
     obj, cond = a["object"], a["condition"]
     np_ = rng.choice(SCENE_NOUNS[obj])

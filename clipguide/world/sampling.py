@@ -17,7 +17,7 @@ from .scenes import DEFAULT_HORIZON, HORIZON_RANGE
 from .shapes import REACH
 from .spec import BackgroundSpec, LandscapeSpec, SceneSpec, ShapeSpec
 from .vocab import (COLOURS, COUNTS, MIN_CONTRAST, NEUTRAL_BACKGROUND, PALETTE, POSITIONS, RGB,
-                    RELATIONS, SCENE_CLASSES, SHAPES, SIZE_RADIUS, SIZES, TEXTURE_TONES,
+                    RELATIONS, SCENE_CLASSES, SCENE_OBJECTS, SHAPES, SIZE_RADIUS, SIZES, TEXTURE_TONES,
                     colour_distance, size_of_radius)
 
 SPLITS = ("train", "eval", "all")
@@ -248,9 +248,32 @@ def sample_relation(rng: Rng, split: str, texture_prob: float, plain_prob: float
                                   ShapeSpec(cb, sb, bx, by, rb, rgb_b)), background=bg)
 
 
+# Plain two-tone stages for scene objects shown alone (light, mid and dark tones).
+BACKDROP_TONES: tuple[RGB, ...] = (
+    (0.92, 0.91, 0.88), (0.80, 0.84, 0.90), (0.88, 0.82, 0.74), (0.70, 0.70, 0.72),
+    (0.55, 0.60, 0.58), (0.45, 0.40, 0.50), (0.30, 0.28, 0.26), (0.14, 0.16, 0.22),
+    (0.22, 0.12, 0.16), (0.10, 0.10, 0.10))
+
+
+def sample_backdrop_scene(rng: Rng) -> SceneSpec:
+    """A scene object alone on a plain two-tone stage, under no condition: teaches what each
+    object looks like apart from the landscapes it is usually seen in."""
+    obj = rng.choice(SCENE_OBJECTS)
+    top = rng.choice(BACKDROP_TONES)
+    bottom = rng.choice([t for t in BACKDROP_TONES if t != top])
+    lo, hi = HORIZON_RANGE.get(obj, DEFAULT_HORIZON)
+    spread = 0.2 if obj in ("sun", "moon") else 0.07
+    land = LandscapeSpec(obj, "plain", x=0.5 + rng.uniform(-spread, spread), horizon=rng.uniform(lo, hi),
+                         scale=rng.uniform(0.9, 1.08), key=rng.key(), backdrop=(top, bottom))
+    return SceneSpec("scene", landscape=land)
+
+
 def sample_scene(rng: Rng, split: str, texture_prob: float, plain_prob: float,
-                 jitter: float) -> SceneSpec:
-    """A landscape with one scene object under one condition."""
+                 jitter: float, backdrops: float = 0.0) -> SceneSpec:
+    """A landscape with one scene object under one condition; with chance `backdrops` (never in
+    the 'eval' split) the object alone on a plain stage."""
+    if backdrops > 0 and split != "eval" and rng.chance(backdrops):
+        return sample_backdrop_scene(rng)
     obj, condition = rng.choice(scene_pairs(split))
     lo, hi = HORIZON_RANGE.get(obj, DEFAULT_HORIZON)
     spread = 0.2 if obj in ("sun", "moon") else 0.07
@@ -312,8 +335,14 @@ def _twin_relation(rng: Rng, spec: SceneSpec, split: str, jitter: float) -> Scen
 
 
 def _twin_scene(rng: Rng, spec: SceneSpec, split: str, jitter: float) -> SceneSpec:
-    """Same object and layout under another condition (or another object in the same condition)."""
+    """Same object and layout under another condition (or another object in the same condition);
+    on a plain backdrop, another object on the same stage."""
     land = spec.landscape
+    if land.backdrop is not None:
+        obj = rng.choice([o for o in SCENE_OBJECTS if o != land.obj])
+        lo, hi = HORIZON_RANGE.get(obj, DEFAULT_HORIZON)
+        return SceneSpec("scene", landscape=LandscapeSpec(
+            obj, land.condition, land.x, min(max(land.horizon, lo), hi), land.scale, land.key, land.backdrop))
     options = [(o, c) for o, c in scene_pairs(split) if o == land.obj and c != land.condition]
     if not options or rng.chance(0.5):
         options = [(o, c) for o, c in scene_pairs(split) if c == land.condition and o != land.obj] or options

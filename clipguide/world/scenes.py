@@ -22,19 +22,22 @@ LIT_WINDOW: RGB = (1.0, 0.83, 0.32)
 
 
 class Look:
-    """How a condition changes colours: at night surfaces are darkened and turned blue, while
-    lights (lit windows, the moon, stars) keep their colour."""
+    """How a condition changes colours: at night surfaces are darkened and turned blue (moonlight: forms stay visible), while
+    lights (lit windows, the moon, stars) keep their colour. `exposure` scales every surface in
+    every condition (a per-scene lighting: brightness and a slight tint, channel by channel), so that an object is recognised by its form
+    rather than by how bright it is in the conditions it was seen under."""
 
-    def __init__(self, condition: str) -> None:
+    def __init__(self, condition: str, exposure: RGB = (1.0, 1.0, 1.0)) -> None:
         self.condition = condition
         self.night = condition == "night"
         self.snow = condition == "snow"
+        self.exposure = exposure
 
     def __call__(self, rgb: RGB) -> RGB:
+        r, g, b = (min(c * e, 1.0) for c, e in zip(rgb, self.exposure))
         if self.night:
-            r, g, b = rgb
-            return (0.38 * r + 0.02, 0.40 * g + 0.03, 0.50 * b + 0.07)
-        return rgb
+            return (0.68 * r + 0.02, 0.7 * g + 0.03, 0.8 * b + 0.08)
+        return (r, g, b)
 
     def window(self, day: RGB) -> RGB:
         """Window colour: glass by day, lit at night."""
@@ -232,7 +235,7 @@ def draw_tree(c: Canvas, look: Look, rng: Rng, x: float, g: float, s: float) -> 
 def draw_sun(c: Canvas, look: Look, rng: Rng, x: float, g: float, s: float) -> None:
     """The sun with rays high in the sky over gentle hills."""
     cy = rng.uniform(0.26, 0.34)
-    hill = GROUND[look.condition][0]
+    hill = look(GROUND["day"][0]) if look.condition == "plain" else GROUND[look.condition][0]
     c.fill(ellipse(rng.uniform(0.1, 0.4), g + 0.03, 0.35, 0.08), _shade(hill, 0.92))
     c.fill(ellipse(rng.uniform(0.6, 0.9), g + 0.04, 0.4, 0.07), _shade(hill, 0.85))
     rays = star(x, cy, 0.22 * s, 0.15 * s, 12)
@@ -351,15 +354,26 @@ HORIZON_RANGE: dict[str, tuple[float, float]] = {
     "car": (0.62, 0.68), "mountain": (0.72, 0.78),
 }
 DEFAULT_HORIZON = (0.68, 0.76)
+EXPOSURE_RANGE = (0.6, 1.1)       # per-scene lighting of the object's surfaces
+TINT = 0.15                        # and its per-channel variation
 
 
 def draw_landscape(c: Canvas, spec: LandscapeSpec) -> None:
     """Render a landscape scene onto a canvas."""
+    if spec.backdrop is not None:                        # the object alone on a plain stage
+        rng = Rng(spec.key)
+        c.linear_gradient(spec.backdrop[0], spec.backdrop[0], math.pi / 2, rows=(0.0, spec.horizon))
+        c.linear_gradient(spec.backdrop[1], spec.backdrop[1], math.pi / 2, rows=(spec.horizon, 1.0))
+        level = rng.uniform(*EXPOSURE_RANGE)
+        look = Look("plain", tuple(level * rng.uniform(1 - TINT, 1 + TINT) for _ in range(3)))
+        DRAWERS[spec.obj](c, look, rng, spec.x, spec.horizon, spec.scale)
+        return
     if spec.condition not in SCENE_CONDITIONS.get(spec.obj, ()):
         raise InputError(f"no scene of {spec.obj!r} with condition {spec.condition!r}; "
                          f"valid: {SCENE_CONDITIONS.get(spec.obj)}")
     rng = Rng(spec.key)
-    look = Look(spec.condition)
+    level = rng.uniform(*EXPOSURE_RANGE)
+    look = Look(spec.condition, tuple(level * rng.uniform(1 - TINT, 1 + TINT) for _ in range(3)))
     draw_sky(c, spec.condition, spec.horizon, rng, clouds=spec.obj not in ("sun", "moon"))
     draw_ground(c, spec.condition, spec.horizon, water=spec.obj == "boat")
     DRAWERS[spec.obj](c, look, rng, spec.x, spec.horizon, spec.scale)

@@ -37,7 +37,8 @@ class BackgroundSpec:
 class LandscapeSpec:
     """A scene: one object in a landscape under a condition. x is the object's centre, horizon the
     height of the ground line, scale its size factor, and key seeds the small details (wall
-    colours, stars, snowflakes)."""
+    colours, stars, snowflakes). With `backdrop` (two RGB tones) the object stands on a plain
+    two-tone stage instead, under no condition (`condition` is then 'plain')."""
 
     obj: str
     condition: str
@@ -45,6 +46,7 @@ class LandscapeSpec:
     horizon: float
     scale: float
     key: int
+    backdrop: tuple[RGB, RGB] | None = None
 
 
 @dataclass(frozen=True, slots=True)

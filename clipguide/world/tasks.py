@@ -81,7 +81,7 @@ class EvalTask:
     def world(self, seed: int = 0, size: int = 64) -> World:
         """The world the task's images come from."""
         return World(seed=mix(seed, TASKS.index(self.name), 7919) >> 2, size=size,
-                     split=self.split, kinds={_KIND[self.name]: 1.0})
+                     split=self.split, kinds={_KIND[self.name]: 1.0}, backdrops=0.0)
 
     def items(self, n: int, seed: int = 0, size: int = 64) -> list[EvalItem]:
         """n deterministic evaluation items."""

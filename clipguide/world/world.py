@@ -41,7 +41,9 @@ class WorldConfig:
     a textured / plain palette-coloured background (otherwise the neutral one). jitter: scale of
     per-sample colour jitter (0 turns it off). twins: chance that an odd-indexed sample is a minimal
     edit of the sample before it (another colour, shape, count or condition; the relation
-    reversed), so that consecutive samples in a batch are each other's hard negatives."""
+    reversed), so that consecutive samples in a batch are each other's hard negatives. backdrops:
+    chance that a training scene shows its object alone on a plain stage, captioned without a
+    condition (so objects are learnt by their form, apart from the conditions they appear in)."""
 
     seed: int = 0
     size: int = 64
@@ -52,6 +54,7 @@ class WorldConfig:
     plain_prob: float = 0.35
     jitter: float = 1.0
     twins: float = 0.0
+    backdrops: float = 0.25
 
     def __post_init__(self) -> None:
         for name in ("seed", "size", "length"):
@@ -76,7 +79,7 @@ class WorldConfig:
                 raise ConfigError(f"WorldConfig.kinds[{k!r}] must be a number >= 0, got {w!r}")
         if sum(self.kinds.values()) <= 0:
             raise ConfigError("WorldConfig.kinds: at least one kind needs a positive weight")
-        for name in ("texture_prob", "plain_prob", "jitter", "twins"):
+        for name in ("texture_prob", "plain_prob", "jitter", "twins", "backdrops"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
                 raise ConfigError(f"WorldConfig.{name} must be a number in [0, 1], got {v!r}")
@@ -147,6 +150,8 @@ class World:
                 return twin(rng, self.spec(i - 1), cfg.split, cfg.jitter)
         rng = Rng(cfg.seed, i, _SPEC_STREAM)
         kind = rng.weighted(self._kinds, self._weights)
+        if kind == "scene":
+            return SAMPLERS[kind](rng, cfg.split, cfg.texture_prob, cfg.plain_prob, cfg.jitter, cfg.backdrops)
         return SAMPLERS[kind](rng, cfg.split, cfg.texture_prob, cfg.plain_prob, cfg.jitter)
 
     def attrs(self, index: int) -> dict[str, Any]:
