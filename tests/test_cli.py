@@ -94,3 +94,11 @@ def test_generate_writes_a_png_with_provenance(nano_path, tmp_path, capsys):
         prov = json.loads(im.text["clipguide"])
     assert prov["prompts"][1] == {"text": "a blue square", "weight": -0.5, "stop": None}
     assert (tmp_path / "t.gif").exists()
+
+
+def test_demo_reads_pictures_and_steers_one(nano_path, tmp_path, capsys):
+    out = tmp_path / "demo.png"
+    assert main(["demo", "--model", str(nano_path), "--steps", "2", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text.count("held-out picture of") == 8 and "steered a picture of 'a gothic church'" in text
+    assert out.stat().st_size > 0

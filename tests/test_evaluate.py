@@ -101,10 +101,13 @@ def random_world_model():
                                           ("scene", 1 / 23)])
 def test_random_model_scores_at_chance(random_world_model, task, chance):
     n = 300
-    r = ev.world_zero_shot(random_world_model, task, n=n, seed=1)
-    # a random model may prefer one candidate, which scores that candidate's frequency: allow a wide
-    # binomial band around chance but far below what a trained model reaches
-    assert r["top1"] <= chance + 0.12, r
+    r = ev.world_zero_shot(random_world_model, task, n=n, seed=1, return_predictions=True)
+    # a random model may prefer one candidate, which scores that candidate's frequency (held-out
+    # counts are 3 in 3 of 7 pairs): allow a wide binomial band above the best constant guess, far
+    # below what a trained model reaches
+    labels = r["labels"]
+    constant = max(labels.count(k) for k in set(labels)) / len(labels)
+    assert r["top1"] <= max(chance, constant) + 0.12, r
     assert r["top5"] <= min(1.0, 5 * chance + 0.2) or chance * 5 >= 1, r
 
 

@@ -381,6 +381,7 @@ class Trainer:
             f"- training time: {self.elapsed / 60:.1f} min; final loss {last.get('loss')}; "
             f"logit scale {last.get('logit_scale')}",
             f"- data: {json.dumps(self.stream.stats)}",
+            f"- full config: `{json.dumps(cfg.to_dict(), sort_keys=True)}`",
             "",
             "## Evaluation",
             "",
