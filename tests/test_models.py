@@ -218,3 +218,23 @@ def test_frozen_weights_fast_path_gives_the_same_input_gradient(arch):
     torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4)
     with torch.no_grad():
         torch.testing.assert_close(model.encode_image(x), ref, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_written_out_attention_matches_the_fused_kernel(causal):
+    from clipguide.models.layers import attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 17, 8, generator=g, requires_grad=True) for _ in range(3))
+    ours = attention(q, k, v, causal)                       # gradients wanted: the written-out path
+    ours.square().sum().backward()
+    grads = [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    ref.square().sum().backward()
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    for a, t in zip(grads, (q, k, v)):
+        torch.testing.assert_close(a, t.grad, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():                                   # inference: the fused kernel, same values
+        torch.testing.assert_close(attention(q, k, v, causal), ref.detach(), atol=1e-5, rtol=1e-5)

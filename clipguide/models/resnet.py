@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import CLIPConfig
-from .layers import Linear, init_positions
+from .layers import Linear, attention, init_positions
 
 
 class Bottleneck(nn.Module):
@@ -65,10 +65,7 @@ class AttentionPool2d(nn.Module):
         q = self.q_proj(x[:, :1]).view(B, 1, h, dh).transpose(1, 2)        # (B, h, 1, dh)
         k = self.k_proj(x).view(B, -1, h, dh).transpose(1, 2)              # (B, h, N, dh)
         v = self.v_proj(x).view(B, -1, h, dh).transpose(1, 2)
-        if q.dtype != torch.float32 and q.device.type == "cpu":
-            o = F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
-        else:
-            o = F.scaled_dot_product_attention(q, k, v)
+        o = attention(q, k, v)                                             # (B, h, 1, dh)
         return self.c_proj(o.transpose(1, 2).reshape(B, C))
 
 
