@@ -25,6 +25,15 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 7, warmup: 
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def versus(t: dict[str, float], peer: str, digits: int = 1) -> dict[str, float]:
+    """Timings of `interleaved` as '<name>_ms' fields, then the speed-ups of clipguide fp32 and bf16
+    over the `peer` entry."""
+    out = {f"{k}_ms": round(v * 1e3, digits) for k, v in t.items()}
+    out["fp32_speedup"] = round(t[peer] / t["clipguide_fp32"], 2)
+    out["bf16_speedup"] = round(t[peer] / t["clipguide_bf16"], 2)
+    return out
+
+
 def peak_rss_of(code: str) -> dict:
     """Run `code` in a fresh interpreter; it must print one JSON object. Adds the process's peak RSS."""
     wrapper = code + "\nimport resource, json as _j\n"

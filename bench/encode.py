@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import interleaved, peak_rss_of  # noqa: E402
+from common import interleaved, peak_rss_of, versus  # noqa: E402
 
 PROMPTS = ["a gothic church at night", "a red star on a blue background", "three small green triangles",
            "a photo of a dog", "an oil painting of a lighthouse in a storm, highly detailed, trending",
@@ -104,12 +104,7 @@ def main() -> None:
                              "clipguide_bf16": lambda: low(x)}, repeats=args.repeats)
             cos = torch.cosine_similarity(fo(x), low(x)).min().item()
             n = x.shape[0]
-            row = {"task": task, "arch": args.arch, "batch": n,
-                   "open_clip_fp32_ms": round(t["open_clip_fp32"] * 1e3, 2),
-                   "clipguide_fp32_ms": round(t["clipguide_fp32"] * 1e3, 2),
-                   "clipguide_bf16_ms": round(t["clipguide_bf16"] * 1e3, 2),
-                   "fp32_speedup": round(t["open_clip_fp32"] / t["clipguide_fp32"], 2),
-                   "bf16_speedup": round(t["open_clip_fp32"] / t["clipguide_bf16"], 2),
+            row = {"task": task, "arch": args.arch, "batch": n, **versus(t, "open_clip_fp32", digits=2),
                    "bf16_min_cosine_to_fp32": round(cos, 5),
                    "clipguide_fp32_items_per_s": round(n / t["clipguide_fp32"], 1)}
             rows.append(row)

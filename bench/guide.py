@@ -16,14 +16,13 @@ import copy
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import interleaved  # noqa: E402
+from common import interleaved, versus  # noqa: E402
 
 
 def baseline_cutouts(image: torch.Tensor, size: int, n: int, power: float = 1.0) -> torch.Tensor:
@@ -103,11 +102,7 @@ def main() -> None:
 
     t_aug = interleaved({"aug": augment_only}, repeats=args.repeats)["aug"]
     row = {"task": "guidance_step", "arch": args.arch, "image": args.size, "cutouts": args.cutouts,
-           "baseline_fp32_ms": round(t["baseline_fp32"] * 1e3, 1),
-           "clipguide_fp32_ms": round(t["clipguide_fp32"] * 1e3, 1),
-           "clipguide_bf16_ms": round(t["clipguide_bf16"] * 1e3, 1),
-           "fp32_speedup": round(t["baseline_fp32"] / t["clipguide_fp32"], 2),
-           "bf16_speedup": round(t["baseline_fp32"] / t["clipguide_bf16"], 2),
+           **versus(t, "baseline_fp32", digits=1),
            "bf16_grad_cosine_to_fp32": round(cos, 4),
            "augmentation_share_fp32": round(t_aug / t["clipguide_fp32"], 3),
            "augmentation_share_bf16": round(t_aug / t["clipguide_bf16"], 3)}

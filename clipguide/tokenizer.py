@@ -12,7 +12,6 @@ of the token ids.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import heapq
 import html
 import json

@@ -8,9 +8,8 @@ through augmented views. A torch Module, differentiable with respect to the imag
 Target embeddings are computed once, when the module is built (or when prompts change)."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from ..models import CLIP
 from .augment import Cutouts
@@ -34,10 +33,16 @@ def clip_score(model: CLIP, images: torch.Tensor, prompts: Sequence[str]) -> tor
 def augmented_score(model: CLIP, images: torch.Tensor, prompts: Sequence[str], n: int = 16, seed: int = 1234
                     ) -> torch.Tensor:
     """Mean cosine similarity over `n` random views (other draws than any guidance used): (B,)."""
+    return _augmented(model, images, _text(model, prompts), n, seed)
+
+
+@torch.no_grad()
+def _augmented(model: CLIP, images: torch.Tensor, text: torch.Tensor, n: int = 16, seed: int = 1234
+               ) -> torch.Tensor:
     size = model.config.vision.image_size
     views = Cutouts(size=size, n=n, overview=1, noise=0.05, jitter=0.05)(images, torch.Generator().manual_seed(seed))
     emb = model.encode_image(model.preprocess.normalize(views), normalize=True).view(images.shape[0], n, -1)
-    return (emb * _text(model, prompts)[:, None]).sum(dim=-1).mean(dim=1)
+    return (emb * text[:, None]).sum(dim=-1).mean(dim=1)
 
 
 @torch.no_grad()
@@ -74,17 +79,22 @@ def score(images: torch.Tensor, prompts: Sequence[str], guide: CLIP, judge: CLIP
     (default: the prompts themselves). `initial_images`: the images before guidance, to flag runs
     whose guide score rose while the judge's score of the prompt did not."""
     prompts = list(prompts)
-    g = clip_score(guide, images, prompts)
-    aug = augmented_score(guide, images, prompts)
+    guide_text = _text(guide, prompts)                      # every text and image encoded once per model
+    g = (_image(guide, images) * guide_text).sum(dim=-1)
+    aug = _augmented(guide, images, guide_text)
     judge_correct = [True] * len(prompts)
     adversarial: list[bool] = []
     if judge is not None:
         cands = list(suite) if suite is not None else prompts
         truth = torch.tensor([cands.index(p) for p in prompts])
-        judge_correct = (judge_choice(judge, images, cands) == truth).tolist()
+        cand_text = _text(judge, cands)
+        judge_image = _image(judge, images)
+        judge_correct = ((judge_image @ cand_text.T).argmax(dim=-1) == truth).tolist()
         if initial_images is not None:
-            g0 = clip_score(guide, initial_images, prompts)
-            j0, j1 = clip_score(judge, initial_images, prompts), clip_score(judge, images, prompts)
+            judge_text = cand_text[truth]                   # the judge's embedding of each image's prompt
+            g0 = (_image(guide, initial_images) * guide_text).sum(dim=-1)
+            j0 = (_image(judge, initial_images) * judge_text).sum(dim=-1)
+            j1 = (judge_image * judge_text).sum(dim=-1)
             adversarial = [(a > b + 0.02) and not (d > c + 0.005) for a, b, c, d in
                            zip(g.tolist(), g0.tolist(), j0.tolist(), j1.tolist())]
     passed: list[bool | None] = [None] * len(prompts)
@@ -93,6 +103,7 @@ def score(images: torch.Tensor, prompts: Sequence[str], guide: CLIP, judge: CLIP
         from ..world.parse import parse_caption
 
         for i, p in enumerate(prompts):
-            if parse_caption(p) is not None:
-                passed[i] = bool(world_oracle.check(images[i], p).passed)
+            attrs = parse_caption(p)
+            if attrs is not None:
+                passed[i] = bool(world_oracle.check(images[i], attrs).passed)
     return ScoreReport(prompts, g.tolist(), aug.tolist(), judge_correct, passed, adversarial)

@@ -45,6 +45,7 @@ class AttentionPool2d(nn.Module):
 
     def __init__(self, spatial: int, width: int, heads: int, out_dim: int):
         super().__init__()
+        self.spatial = spatial
         self.positional_embedding = nn.Parameter(torch.randn(spatial * spatial + 1, width) / width ** 0.5)
         self.k_proj = Linear(width, width)
         self.q_proj = Linear(width, width)
@@ -54,7 +55,7 @@ class AttentionPool2d(nn.Module):
 
     def init_positions(self, kind: str = "random") -> None:
         """Re-initialise the position embedding: 'random' (CLIP's) or 'sincos' (2-D codes)."""
-        init_positions(self.positional_embedding, int(round((self.positional_embedding.shape[0] - 1) ** 0.5)), kind)
+        init_positions(self.positional_embedding, self.spatial, kind)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:                  # (B, C, H, W) -> (B, E)
         B, C = x.shape[:2]

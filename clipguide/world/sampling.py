@@ -261,10 +261,16 @@ def sample_backdrop_scene(rng: Rng) -> SceneSpec:
     obj = rng.choice(SCENE_OBJECTS)
     top = rng.choice(BACKDROP_TONES)
     bottom = rng.choice([t for t in BACKDROP_TONES if t != top])
+    return _place_landscape(rng, obj, "plain", backdrop=(top, bottom))
+
+
+def _place_landscape(rng: Rng, obj: str, condition: str,
+                     backdrop: tuple[RGB, RGB] | None = None) -> SceneSpec:
+    """A scene of `obj`: its place, horizon, scale and detail seed drawn from `rng`."""
     lo, hi = HORIZON_RANGE.get(obj, DEFAULT_HORIZON)
     spread = 0.2 if obj in ("sun", "moon") else 0.07
-    land = LandscapeSpec(obj, "plain", x=0.5 + rng.uniform(-spread, spread), horizon=rng.uniform(lo, hi),
-                         scale=rng.uniform(0.9, 1.08), key=rng.key(), backdrop=(top, bottom))
+    land = LandscapeSpec(obj, condition, x=0.5 + rng.uniform(-spread, spread), horizon=rng.uniform(lo, hi),
+                         scale=rng.uniform(0.9, 1.08), key=rng.key(), backdrop=backdrop)
     return SceneSpec("scene", landscape=land)
 
 
@@ -275,11 +281,7 @@ def sample_scene(rng: Rng, split: str, texture_prob: float, plain_prob: float,
     if backdrops > 0 and split != "eval" and rng.chance(backdrops):
         return sample_backdrop_scene(rng)
     obj, condition = rng.choice(scene_pairs(split))
-    lo, hi = HORIZON_RANGE.get(obj, DEFAULT_HORIZON)
-    spread = 0.2 if obj in ("sun", "moon") else 0.07
-    land = LandscapeSpec(obj, condition, x=0.5 + rng.uniform(-spread, spread),
-                         horizon=rng.uniform(lo, hi), scale=rng.uniform(0.9, 1.08), key=rng.key())
-    return SceneSpec("scene", landscape=land)
+    return _place_landscape(rng, obj, condition)
 
 
 SAMPLERS = {

@@ -22,10 +22,11 @@ LIT_WINDOW: RGB = (1.0, 0.83, 0.32)
 
 
 class Look:
-    """How a condition changes colours: at night surfaces are darkened and turned blue (moonlight: forms stay visible), while
-    lights (lit windows, the moon, stars) keep their colour. `exposure` scales every surface in
-    every condition (a per-scene lighting: brightness and a slight tint, channel by channel), so that an object is recognised by its form
-    rather than by how bright it is in the conditions it was seen under."""
+    """How a condition changes colours: at night surfaces are darkened and turned blue (moonlight:
+    forms stay visible), while lights (lit windows, the moon, stars) keep their colour. `exposure`
+    scales every surface in every condition (a per-scene lighting: brightness and a slight tint,
+    channel by channel), so that an object is recognised by its form rather than by how bright it
+    is in the conditions it was seen under."""
 
     def __init__(self, condition: str, exposure: RGB = (1.0, 1.0, 1.0)) -> None:
         self.condition = condition
@@ -360,22 +361,20 @@ TINT = 0.15                        # and its per-channel variation
 
 def draw_landscape(c: Canvas, spec: LandscapeSpec) -> None:
     """Render a landscape scene onto a canvas."""
-    if spec.backdrop is not None:                        # the object alone on a plain stage
-        rng = Rng(spec.key)
-        c.linear_gradient(spec.backdrop[0], spec.backdrop[0], math.pi / 2, rows=(0.0, spec.horizon))
-        c.linear_gradient(spec.backdrop[1], spec.backdrop[1], math.pi / 2, rows=(spec.horizon, 1.0))
-        level = rng.uniform(*EXPOSURE_RANGE)
-        look = Look("plain", tuple(level * rng.uniform(1 - TINT, 1 + TINT) for _ in range(3)))
-        DRAWERS[spec.obj](c, look, rng, spec.x, spec.horizon, spec.scale)
-        return
-    if spec.condition not in SCENE_CONDITIONS.get(spec.obj, ()):
+    if spec.backdrop is None and spec.condition not in SCENE_CONDITIONS.get(spec.obj, ()):
         raise InputError(f"no scene of {spec.obj!r} with condition {spec.condition!r}; "
                          f"valid: {SCENE_CONDITIONS.get(spec.obj)}")
     rng = Rng(spec.key)
     level = rng.uniform(*EXPOSURE_RANGE)
-    look = Look(spec.condition, tuple(level * rng.uniform(1 - TINT, 1 + TINT) for _ in range(3)))
-    draw_sky(c, spec.condition, spec.horizon, rng, clouds=spec.obj not in ("sun", "moon"))
-    draw_ground(c, spec.condition, spec.horizon, water=spec.obj == "boat")
+    exposure = tuple(level * rng.uniform(1 - TINT, 1 + TINT) for _ in range(3))
+    if spec.backdrop is not None:                        # the object alone on a plain stage
+        look = Look("plain", exposure)
+        c.linear_gradient(spec.backdrop[0], spec.backdrop[0], math.pi / 2, rows=(0.0, spec.horizon))
+        c.linear_gradient(spec.backdrop[1], spec.backdrop[1], math.pi / 2, rows=(spec.horizon, 1.0))
+    else:
+        look = Look(spec.condition, exposure)
+        draw_sky(c, spec.condition, spec.horizon, rng, clouds=spec.obj not in ("sun", "moon"))
+        draw_ground(c, spec.condition, spec.horizon, water=spec.obj == "boat")
     DRAWERS[spec.obj](c, look, rng, spec.x, spec.horizon, spec.scale)
     if look.snow:
         scatter(c, rng, (0.0, 0.0, 1.0, 1.0), (10, 10), 0.45, (0.006, 0.011), (1.0, 1.0, 1.0), 0.9)
