@@ -24,13 +24,11 @@ from typing import Any
 
 import torch
 
-from .atomic import atomic_path
 from .errors import CheckpointError, ClipguideError, ConfigError, WeightsNotFoundError
 from .formats.readers import RawCheckpoint, read_checkpoint
 from .models import CLIP, CLIPConfig, get_config, list_models
 from .models.config import TextConfig, VisionConfig
 from .preprocess import Preprocess
-from .version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -398,28 +396,11 @@ def save(model: CLIP, path: str | os.PathLike, *, dtype: torch.dtype | None = No
          metadata: dict[str, str] | None = None) -> Path:
     """Write `model` as a clipguide safetensors file (atomic): weights (optionally cast, e.g. fp16),
     config, tokenizer, library version and model card in the metadata."""
-    from safetensors.torch import save_file
+    from clipguide.formats.writer import write_safetensors
 
-    path = Path(path)
-    tensors, seen = {}, set()
-    for k, v in model.state_dict().items():
-        v = v.detach().to("cpu")
-        if dtype is not None and v.is_floating_point():
-            v = v.to(dtype)
-        v = v.contiguous()
-        if v.data_ptr() in seen:      # safetensors refuses shared storage
-            v = v.clone()
-        seen.add(v.data_ptr())
-        tensors[k] = v
-    meta = {"format": FORMAT_TAG, "format_version": "1", "clipguide_version": __version__,
-            "config": model.config.to_json(), "model_card": model_card or getattr(model, "model_card", "")}
+    header = {"model_card": model_card or getattr(model, "model_card", "")}
     tok = getattr(model, "tokenizer", None)
     if tok is not None and not isinstance(tok, MissingTokenizer) and hasattr(tok, "to_json"):
-        meta["tokenizer"] = tok.to_json()
-    for k, v in (metadata or {}).items():
-        if k in meta:
-            raise ConfigError(f"metadata key {k!r} is reserved")
-        meta[k] = str(v)
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-    return path
+        header["tokenizer"] = tok.to_json()
+    return write_safetensors(path, model.state_dict(), format_tag=FORMAT_TAG, config_json=model.config.to_json(),
+                             dtype=dtype, header=header, metadata=metadata)

@@ -217,13 +217,64 @@ def cmd_generate(args) -> int:
     model = _load(args)
     result = guided_image(model, args.prompt, generator=args.generator, size=args.size, steps=args.steps,
                           lr=args.lr, cutouts=args.cutouts, seed=args.seed, tv=args.tv,
-                          frame_every=max(1, args.steps // 40) if args.timelapse else 0)
+                          frame_every=max(1, args.steps // 40) if args.timelapse else 0,
+                          network=_generator_network(args), generator_options=_generator_options(args))
+    return _write_result(result, args)
+
+
+def _write_result(result, args) -> int:
+    """Save a generation or edit (and its timelapse) and print one JSON line about it."""
     out = result.save(args.out)
     if args.timelapse:
         result.save_timelapse(args.timelapse)
     print(json.dumps({"out": str(out), "best_loss": round(result.best_loss, 5), "steps": result.steps,
                       "seconds": round(result.seconds, 2), "stopped": result.stopped}))
     return 0
+
+
+def _generator_network(args):
+    from clipguide.generators import load_network
+
+    options = {"config": args.generator_config} if args.generator == "vqgan" and args.generator_config else {}
+    return load_network(args.generator, args.generator_model, **options)
+
+
+def _generator_options(args) -> dict:
+    options = {}
+    if args.generator == "stylegan":
+        options.update(space=args.space, truncation=args.truncation)
+    if args.generator == "diffusion":
+        options.update(sample_steps=args.steps)
+    return options
+
+
+def cmd_edit(args) -> int:
+    """Edit an image by text, keeping the rest of it."""
+    from clipguide.guide.edit import edit_image
+    from clipguide.preprocess import load_image
+
+    model = _load(args)
+    image = load_image(args.image)[None]
+    mask = load_image(args.mask).mean(dim=0) if args.mask else None
+    result = edit_image(model, image, args.prompt, source=args.source, generator=args.generator, mask=mask,
+                        preserve=args.preserve, latent_weight=args.latent_weight, steps=args.steps, lr=args.lr,
+                        cutouts=args.cutouts, seed=args.seed, size=args.size, strength=args.strength,
+                        network=_generator_network(args), generator_options=_generator_options(args),
+                        frame_every=max(1, args.steps // 40) if args.timelapse else 0)
+    return _write_result(result, args)
+
+
+def _add_generator_args(p: argparse.ArgumentParser, default: str = "fourier") -> None:
+    p.add_argument("--generator", choices=["pixels", "fourier", "vqgan", "stylegan", "diffusion"], default=default,
+                   help=f"what is steered (default {default}): raw pixels, a Fourier image, or the latent of a "
+                   "VQGAN, a StyleGAN2, or a diffusion model's sampling")
+    p.add_argument("--generator-model", default=None, metavar="PATH",
+                   help="the generator's network: a taming VQGAN .ckpt, a rosinality StyleGAN2 .pt, a diffusers "
+                   "pipeline directory, or a clipguide safetensors file (default: the bundled one)")
+    p.add_argument("--generator-config", default=None, metavar="YAML",
+                   help="vqgan: the taming YAML beside the .ckpt (else read from the weights)")
+    p.add_argument("--space", choices=["w", "w+"], default="w+", help="stylegan: latent space (default w+)")
+    p.add_argument("--truncation", type=float, default=0.7, help="stylegan: truncation of the start (default 0.7)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -306,14 +357,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=1000, help="samples per shard for export (default 1000)")
     p.set_defaults(func=cmd_world)
 
-    p = sub.add_parser("generate", help="text to image: steer pixels or a Fourier image with CLIPLoss",
+    p = sub.add_parser("generate", help="text to image: steer pixels, Fourier, VQGAN, StyleGAN2 or diffusion with CLIPLoss",
                        description="Prompts use 'text:weight:stop | text2:weight' (negative weights push away).")
     p.add_argument("prompt", help='e.g. "a red star on a blue background" or "a gothic church:1 | blurry:-0.5"')
     p.add_argument("--out", required=True, help="output image (.png keeps the provenance)")
     p.add_argument("--model", default="default", help="guide model name or checkpoint path (default: bundled)")
-    p.add_argument("--generator", choices=["pixels", "fourier"], default="fourier",
-                   help="image parameterization (default fourier)")
-    p.add_argument("--steps", type=int, default=100, help="optimisation steps (default 100)")
+    _add_generator_args(p)
+    p.add_argument("--steps", type=int, default=100, help="optimisation (or, for diffusion, denoising) steps "
+                   "(default 100)")
     p.add_argument("--lr", type=float, default=0.05, help="learning rate (default 0.05)")
     p.add_argument("--cutouts", type=int, default=16, help="augmented views per step (default 16)")
     p.add_argument("--size", type=int, default=None, help="image side (default: the model's input size)")
@@ -322,6 +373,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timelapse", default=None, help="also write the optimisation as a GIF here")
     _add_load_args(p)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("edit", help="edit an image by text, keeping the rest of it",
+                       description="Starts the generator from the image and steers it toward --prompt (or, with "
+                       "--source, along the direction from the source text to the prompt), keeping the pixels "
+                       "outside --mask close to the original.")
+    p.add_argument("--image", required=True, help="the image to edit (PNG/JPEG/WebP; RGBA and grayscale are converted)")
+    p.add_argument("--prompt", required=True, help='what it should show, e.g. "at night" or "a gothic church"')
+    p.add_argument("--source", default=None, help="what it shows now (makes the loss directional)")
+    p.add_argument("--out", required=True, help="output image (.png keeps the provenance)")
+    p.add_argument("--mask", default=None, help="image whose white part may change (default: all of it)")
+    p.add_argument("--preserve", type=float, default=1.0, help="weight of staying close to the original outside "
+                   "the mask (default 1.0)")
+    p.add_argument("--latent-weight", type=float, default=0.0, help="weight of staying close to the image's latent")
+    p.add_argument("--strength", type=float, default=0.6, help="diffusion: how far the image is re-noised (0-1, "
+                   "default 0.6)")
+    p.add_argument("--model", default="default", help="guide model name or checkpoint path (default: bundled)")
+    _add_generator_args(p)
+    p.add_argument("--steps", type=int, default=100, help="steps (default 100)")
+    p.add_argument("--lr", type=float, default=0.05, help="learning rate (default 0.05)")
+    p.add_argument("--cutouts", type=int, default=16, help="augmented views per step (default 16)")
+    p.add_argument("--size", type=int, default=None, help="working size (default: the image's, at most 256 px)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--timelapse", default=None, help="also write the edit as a GIF here")
+    _add_load_args(p)
+    p.set_defaults(func=cmd_edit)
 
     p = sub.add_parser("demo", help="run the end-to-end demo on the embedded default model")
     p.add_argument("--model", default=None, help="model name or path (default: the bundled 'default')")

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..generators.base import Generator
 from ..preprocess import check_images, resize_center_crop
 
 # Square root of the colour covariance of natural images (a common fact of feature visualisation):
@@ -36,8 +37,10 @@ def _init_image(init: torch.Tensor, batch: int, size: tuple[int, int]) -> torch.
     return x.clamp(0, 1)
 
 
-class PixelImage(nn.Module):
+class PixelImage(Generator):
     """Pixels through a sigmoid (always in [0, 1]), from noise or an init image."""
+
+    family = "pixels"
 
     def __init__(self, size: int | tuple[int, int] = 64, batch: int = 1, init: torch.Tensor | None = None,
                  generator: torch.Generator | None = None, noise: float = 0.5):
@@ -48,14 +51,17 @@ class PixelImage(nn.Module):
         else:
             start = torch.randn(batch, 3, h, w, generator=generator) * noise
         self.latent = nn.Parameter(start.contiguous())
+        self.register_buffer("start", self.latent.detach().clone(), persistent=False)
 
     def forward(self) -> torch.Tensor:
         return torch.sigmoid(self.latent)
 
 
-class FourierImage(nn.Module):
+class FourierImage(Generator):
     """A spectrum whose frequencies are scaled by 1 / f^decay (so low frequencies move first), in
     decorrelated colour space, through a sigmoid. Smooth, natural-looking images from few steps."""
+
+    family = "fourier"
 
     def __init__(self, size: int | tuple[int, int] = 64, batch: int = 1, decay: float = 1.0,
                  generator: torch.Generator | None = None, std: float = 0.01, init: torch.Tensor | None = None):
@@ -70,6 +76,7 @@ class FourierImage(nn.Module):
         self.spectrum = nn.Parameter(spectrum)
         if init is not None:
             self._fit(init, batch)
+        self.register_buffer("start", self.spectrum.detach().clone(), persistent=False)
 
     def _colour(self, x: torch.Tensor) -> torch.Tensor:        # decorrelated -> RGB logits
         m = (COLOUR_SQRT_COV / _COLOUR_NORM).to(x)

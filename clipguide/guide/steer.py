@@ -125,7 +125,7 @@ def steer(generator: nn.Module, loss_fn: Callable[..., torch.Tensor], steps: int
     rng = torch.Generator(device="cpu").manual_seed(int(seed))
     settings = {"steps": steps, "lr": lr, "seed": seed, "optimizer": optimizer, "schedule": schedule,
                 **(settings or {})}
-    provenance = _provenance(loss_fn if isinstance(loss_fn, nn.Module) else nn.Module(), generator, settings)
+    provenance = _provenance(loss_fn, generator, settings)
     out = Path(out_dir) if out_dir is not None else None
 
     def lr_at(step: int) -> float:

@@ -57,33 +57,42 @@ def world_prompt_suite(kinds: Sequence[str] = KINDS, count_colours: int = 2) -> 
 
 def guided_image(model, prompt: str, *, generator: str = "fourier", size: int | None = None,
                  steps: int = 100, lr: float = 0.05, cutouts: int = 16, seed: int = 0, tv: float = 0.0,
-                 frame_every: int = 0, progress: bool = True):
-    """One picture for `prompt`: a pixel or Fourier image steered by CLIPLoss with `model`.
-    Returns the SteerResult (image, losses, provenance)."""
+                 frame_every: int = 0, progress: bool = True, network=None, generator_model=None,
+                 generator_options: dict | None = None, init: torch.Tensor | None = None):
+    """One picture for `prompt`: a generator of family `generator` (pixels, fourier, vqgan, stylegan,
+    diffusion; its network `network` or loaded from `generator_model`) steered by CLIPLoss with
+    `model`. Returns the SteerResult (image, losses, provenance)."""
+    from ..generators import build_generator
     from .augment import Cutouts
     from .loss import CLIPLoss
     from .regularisers import total_variation
-    from .steer import steer
 
-    size = size or model.config.vision.image_size
-    gen = _parameterization(generator, size, seed)
+    if generator in ("pixels", "fourier"):
+        size = size or model.config.vision.image_size
+    gen = build_generator(generator, size=size, seed=seed, init=init, model=generator_model, network=network,
+                          **(generator_options or {}))
     loss = CLIPLoss(model, prompt, cutouts=Cutouts(size=model.config.vision.image_size, n=cutouts,
                                                    min_size=0.5, noise=0.05))
-    return steer(gen, loss, steps=steps, lr=lr, seed=seed,
-                 regularisers=[(total_variation, tv)] if tv else (), frame_every=frame_every,
-                 progress=progress, settings={"generator": generator, "size": size, "cutouts": cutouts})
+    return gen.run(loss, steps=steps, lr=lr, seed=seed,
+                   regularisers=[(total_variation, tv)] if tv else (), frame_every=frame_every,
+                   progress=progress, settings={"generator": generator, "size": size, "cutouts": cutouts})
 
 
 def guided_eval(guide, judge, prompts: Sequence[str] | None = None, *, generator: str = "fourier",
                 steps: int = 100, lr: float = 0.05, cutouts: int = 16, size: int | None = None, seed: int = 0,
-                tv: float = 0.0, progress: bool = True) -> tuple[ScoreReport, torch.Tensor]:
+                tv: float = 0.0, progress: bool = True, generator_model=None,
+                generator_options: dict | None = None) -> tuple[ScoreReport, torch.Tensor]:
     """Steer one picture per prompt with `guide`, then score them: the guide's score, an augmented
     score, the judge's top-1 among all the prompts, the oracle's checks, and the adversarial flag
     (guide score up, judge score not). Returns the report and the pictures (N, 3, H, W)."""
     prompts = list(prompts) if prompts is not None else world_prompt_suite()
     if not prompts:
         raise InputError("the prompt suite is empty")
-    size = size or guide.config.vision.image_size
+    from ..generators import load_network
+
+    if generator in ("pixels", "fourier"):
+        size = size or guide.config.vision.image_size
+    network = load_network(generator, generator_model)
     images, starts = [], []
     bar = None
     if progress:
@@ -92,9 +101,10 @@ def guided_eval(guide, judge, prompts: Sequence[str] | None = None, *, generator
         bar = tqdm(total=len(prompts), desc="guided eval", unit="prompt", dynamic_ncols=True)
     for k, p in enumerate(prompts):
         result = guided_image(guide, p, generator=generator, size=size, steps=steps, lr=lr, cutouts=cutouts,
-                              seed=seed + k, tv=tv, progress=False)
+                              seed=seed + k, tv=tv, progress=False, network=network,
+                              generator_options=generator_options)
         images.append(result.images[0])
-        starts.append(_start_image(generator, size, seed + k))
+        starts.append(_start_image(generator, size, seed + k, network, generator_options))
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -104,16 +114,9 @@ def guided_eval(guide, judge, prompts: Sequence[str] | None = None, *, generator
     return report, pics
 
 
-def _parameterization(generator: str, size: int, seed: int):
-    """A one-picture pixel or Fourier image seeded by `seed`."""
-    from .params import PARAMETERIZATIONS
-
-    if generator not in PARAMETERIZATIONS:
-        raise InputError(f"generator {generator!r} is not one of {sorted(PARAMETERIZATIONS)}")
-    return PARAMETERIZATIONS[generator](size, 1, generator=torch.Generator().manual_seed(seed))
-
-
 @torch.no_grad()
-def _start_image(generator: str, size: int, seed: int) -> torch.Tensor:
+def _start_image(generator: str, size: int | None, seed: int, network=None, options: dict | None = None) -> torch.Tensor:
     """The picture a run starts from (same seed, no steps)."""
-    return _parameterization(generator, size, seed)()[0]
+    from ..generators import build_generator
+
+    return build_generator(generator, size=size, seed=seed, network=network, **(options or {}))()[0]

@@ -1,0 +1,118 @@
+"""Generators behind one interface (see base.py): a latent, a frozen network, images in [0, 1].
+
+    gen = build_generator("stylegan", model="550000.pt", seed=0)    # or pixels, fourier, vqgan, diffusion
+    result = gen.run(CLIPLoss(clip, "a gothic church"), steps=100)
+
+Families are looked up in GENERATORS (name -> builder); nothing outside this file asks which family
+it holds. The network of a trained family comes from `model`: a path (a taming .ckpt with `config=`
+its YAML, a rosinality .pt, a diffusers pipeline directory, or the project's own safetensors), or the
+bundled model of the family (None).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..errors import InputError, WeightsNotFoundError
+from .base import ClampWithGrad, Generator, check_init, freeze, from_unit, to_unit
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+# the bundled network of each trained family (a file or directory under clipguide/assets)
+BUNDLED = {"vqgan": "world-vqgan.safetensors", "stylegan": "world-stylegan.safetensors",
+           "diffusion": "world-diffusion"}
+
+
+def _resolve(family: str, model: Any) -> Any:
+    """A path or loaded network for `model`; None means the bundled one of the family."""
+    if model is not None and not isinstance(model, (str, Path)):
+        return model                                             # already a network
+    if model is None or model == "default":
+        path = ASSETS / BUNDLED[family]
+        if not path.exists():
+            raise WeightsNotFoundError(f"no bundled {family} model in this installation ({path.name}); pass "
+                                       f"model=PATH (on the command line --generator-model PATH)")
+        return path
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise WeightsNotFoundError(f"{family} model '{model}' not found: give a file or directory path")
+    return path
+
+
+def load_network(name: str, model: Any = None, **options) -> Any:
+    """The frozen network of family `name` (None for pixels and Fourier), loaded once so that many
+    generators can share it: `model` is a path, a loaded network, or None for the bundled one."""
+    if name not in GENERATORS:
+        raise InputError(f"generator {name!r} is not one of {sorted(GENERATORS)}")
+    loader = _LOADERS.get(name)
+    if loader is None:
+        return None
+    net = _resolve(name, model)
+    return loader(net, **options) if isinstance(net, Path) else net
+
+
+def _load_vqgan(path, config=None):
+    from .vqgan import load_vqgan
+    return load_vqgan(path, config)
+
+
+def _load_stylegan(path):
+    from .stylegan import load_stylegan
+    return load_stylegan(path)
+
+
+def _load_diffusion(path):
+    from .diffusion import load_diffusion
+    return load_diffusion(path)
+
+
+def _pixels(net, size, batch, init, rng, **kw):
+    from ..guide.params import PixelImage
+    return PixelImage(size or 64, batch, init=init, generator=rng, **kw)
+
+
+def _fourier(net, size, batch, init, rng, **kw):
+    from ..guide.params import FourierImage
+    return FourierImage(size or 64, batch, init=init, generator=rng, **kw)
+
+
+def _vqgan(net, size, batch, init, rng, **kw):
+    from .vqgan import VQGANLatent
+    return VQGANLatent(net, size=size or 64, batch=batch, init=init, generator=rng, **kw)
+
+
+def _stylegan(net, size, batch, init, rng, **kw):
+    from .stylegan import StyleGANLatent
+    if size is not None and size != net.config.size:
+        raise InputError(f"this StyleGAN2 makes {net.config.size} px images, not {size}: leave the size unset "
+                         "or resize the result")
+    return StyleGANLatent(net, batch=batch, init=init, generator=rng, **kw)
+
+
+def _diffusion(net, size, batch, init, rng, **kw):
+    from .diffusion import DiffusionLatent
+    size = size or int(net.unet.config.sample_size) * net.scale_factor
+    return DiffusionLatent(net, size=size, batch=batch, init=init, generator=rng, **kw)
+
+
+GENERATORS: dict[str, Callable[..., Generator]] = {
+    "pixels": _pixels, "fourier": _fourier, "vqgan": _vqgan, "stylegan": _stylegan, "diffusion": _diffusion}
+_LOADERS: dict[str, Callable[..., Any]] = {"vqgan": _load_vqgan, "stylegan": _load_stylegan,
+                                           "diffusion": _load_diffusion}
+
+
+def build_generator(name: str, *, size: int | None = None, batch: int = 1, init: torch.Tensor | None = None,
+                    seed: int = 0, model: Any = None, network: Any = None, **options) -> torch.nn.Module:
+    """A generator adapter of family `name`, seeded by `seed` (same seed, same start). The network
+    of a trained family is `network` (from load_network, shared between calls) or loaded from
+    `model` (path, or None for the bundled one). `size` defaults to 64 px or the network's own size;
+    `options` go to the adapter (e.g. space="w" for StyleGAN2, sample_steps=20 for diffusion)."""
+    if network is None:
+        network = load_network(name, model)
+    rng = torch.Generator().manual_seed(int(seed))
+    return GENERATORS[name](network, size, batch, init, rng, **options)
+
+
+__all__ = ["Generator", "GENERATORS", "build_generator", "load_network", "ClampWithGrad", "to_unit", "from_unit", "freeze",
+           "check_init"]

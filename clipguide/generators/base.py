@@ -1,0 +1,119 @@
+"""The interface every generator adapter follows, so that `steer`, `CLIPLoss`, the command line and the
+app drive pixels, Fourier images, VQGAN, StyleGAN2 and diffusion the same way.
+
+A generator adapter is an ``nn.Module`` that
+
+* holds a frozen network (no gradients, eval mode) and a latent: its trainable parameters
+  (``requires_grad=True``) are exactly what steering optimises;
+* returns images ``(B, 3, H, W)`` in [0, 1] from ``forward()``, differentiable w.r.t. the latent;
+* starts from a seeded random latent or from an image (``init=``, images in [0, 1]);
+* says how far the latent has moved from where it started (``latent_l2()``, per image), the
+  identity-preserving term of an edit;
+* runs a guided generation with ``run(loss_fn, steps, ...)``: optimising families use
+  :func:`clipguide.steer`; samplers (diffusion) override ``run`` with their guided sampling loop.
+
+Callers never ask which family they hold.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+
+
+class ClampWithGrad(torch.autograd.Function):
+    """Clamp in the forward pass; in the backward pass let a gradient through wherever following it
+    would move the value back into range (a plain clamp would zero it at saturated pixels)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, low: float, high: float) -> torch.Tensor:
+        ctx.low, ctx.high = low, high
+        ctx.save_for_backward(x)
+        return x.clamp(low, high)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        # descending moves x by -grad: keep the gradient unless it pushes further out of range
+        outward = ((x < ctx.low) & (grad > 0)) | ((x > ctx.high) & (grad < 0))
+        return grad.masked_fill(outward, 0.0), None, None
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """Network output in [-1, 1] -> image in [0, 1], clamped with a gradient that still steers."""
+    return ClampWithGrad.apply((x + 1) / 2, 0.0, 1.0)
+
+
+def from_unit(images: torch.Tensor) -> torch.Tensor:
+    """Image in [0, 1] -> network input in [-1, 1]."""
+    return images * 2 - 1
+
+
+def freeze(net: nn.Module) -> nn.Module:
+    """Eval mode, no gradients for the weights (the latent is what moves)."""
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+def check_init(init: torch.Tensor, size: tuple[int, int] | None = None, batch: int | None = None) -> torch.Tensor:
+    """An init image batch (B|1, 3, H, W) in [0, 1], resized to `size` and expanded to `batch`."""
+    from ..preprocess import check_images
+
+    x = check_images(init)
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise InputError(f"init images must be (B, 3, H, W), got {tuple(x.shape)}")
+    if size is not None and tuple(x.shape[-2:]) != tuple(size):
+        x = nn.functional.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+    if batch is not None and x.shape[0] != batch:
+        if x.shape[0] != 1:
+            raise InputError(f"init has {x.shape[0]} images for a batch of {batch}")
+        x = x.expand(batch, -1, -1, -1)
+    return x.contiguous()
+
+
+class Generator(nn.Module):
+    """Base class of the adapters (see the module docstring). Subclasses set `family`, keep their
+    latent as parameters, remember the starting latent in `start` and implement forward()."""
+
+    family = "generator"
+
+    def latent_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def latent_l2(self) -> torch.Tensor:
+        """(B,) mean squared distance of the latent from where it started."""
+        start = getattr(self, "start", None)
+        params = self.latent_parameters()
+        if start is None or len(params) != 1:
+            raise NotImplementedError(f"{type(self).__name__} does not define latent_l2")
+        d = (params[0] - start.to(params[0])) ** 2
+        return d.reshape(d.shape[0], -1).mean(dim=1)
+
+    def run(self, loss_fn: Callable[..., torch.Tensor], steps: int = 100, lr: float = 0.05, *, seed: int = 0,
+            latent_weight: float = 0.0, strength: float = 1.0, **kwargs):
+        """Guided generation: optimise the latent with :func:`clipguide.steer` (see its options).
+        `latent_weight` > 0 adds that multiple of latent_l2() to the loss (keeps an edit close).
+        `strength` is for samplers (how far an edit re-noises its image); optimisation starts from
+        the image itself and does not use it."""
+        from ..guide.steer import steer
+
+        fn = loss_fn if not latent_weight else _WithLatentL2(loss_fn, self, latent_weight)
+        return steer(self, fn, steps=steps, lr=lr, seed=seed, **kwargs)
+
+
+class _WithLatentL2:
+    """A loss plus a multiple of the generator's latent_l2(); keeps the loss's prompts and models
+    visible for the provenance."""
+
+    def __init__(self, loss_fn, generator: Generator, weight: float):
+        self.loss_fn, self.generator, self.weight = loss_fn, generator, weight
+        for name in ("prompts", "members", "loss_form"):
+            setattr(self, name, getattr(loss_fn, name, None))
+
+    def __call__(self, images, generator=None):
+        return self.loss_fn(images, generator=generator) + self.weight * self.generator.latent_l2().mean()

@@ -1,0 +1,364 @@
+"""CLIP guidance for diffusion models loaded with diffusers: pixel pipelines (`UNet2DModel`) and latent
+pipelines with a VAE (the Stable Diffusion directory layout), DDPM or DDIM sampling.
+
+At every denoising step the model's prediction gives an estimate of the clean image; the CLIP loss of
+that estimate (cutouts and all, whatever `loss_fn` does) is differentiated w.r.t. the noisy sample and
+the gradient shifts the predicted noise (classifier guidance):
+
+    eps' = eps + scale * sqrt(1 - alpha_bar_t) * g / rms(g),     g = d loss(decode(x0_hat(x_t))) / d x_t
+
+The gradient is normalised per image, so `scale` is a step size relative to the noise itself and needs
+no retuning between models. Edits start from an image: noised part-way (SDEdit, `strength` in (0, 1])
+or inverted deterministically with DDIM, then denoised with guidance.
+
+    model = load_diffusion("path/to/pipeline_dir")            # a local diffusers directory
+    gen = DiffusionLatent(model, size=64, generator=torch.Generator().manual_seed(0))
+    result = gen.run(CLIPLoss(clip, "a gothic church"), steps=50, guidance_scale=0.5)
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, InputError
+from .base import Generator, check_init, freeze, from_unit, to_unit
+
+# Component classes this module knows how to drive (anything else in a pipeline is refused by name).
+_UNETS = ("UNet2DModel", "UNet2DConditionModel")
+_AUTOENCODERS = ("AutoencoderKL", "VQModel")
+_SCHEDULERS = ("DDPMScheduler", "DDIMScheduler")
+
+
+def _diffusers():
+    try:
+        import diffusers
+    except ImportError:
+        raise ImportError("diffusion guidance needs diffusers: pip install 'clipguide[diffusion]' "
+                          "(or pip install diffusers)") from None
+    return diffusers
+
+
+@dataclass
+class DiffusionModel:
+    """A denoiser, its noise schedule and, for latent pipelines, the autoencoder and text conditioning."""
+
+    unet: nn.Module
+    scheduler: Any                                  # a diffusers scheduler (its config is what is used)
+    vae: nn.Module | None = None
+    conditioning: torch.Tensor | None = None        # (1, L, D) text states for conditional UNets
+    source: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def latent(self) -> bool:
+        return self.vae is not None
+
+    @property
+    def scale_factor(self) -> int:                   # pixels per latent cell
+        if self.vae is None:
+            return 1
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def channels(self) -> int:
+        return self.unet.config.in_channels
+
+    def vae_scaling(self) -> float:
+        return float(getattr(self.vae.config, "scaling_factor", 1.0) or 1.0)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] -> the space the UNet denoises (pixels in [-1, 1], or scaled latents)."""
+        x = from_unit(images)
+        if self.vae is None:
+            return x
+        out = self.vae.encode(x)
+        z = out.latent_dist.mean if hasattr(out, "latent_dist") else out.latents
+        return z * self.vae_scaling()
+
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        """The UNet's space -> images in [0, 1] (differentiable)."""
+        if self.vae is not None:
+            x0 = self.vae.decode(x0 / self.vae_scaling()).sample
+        return to_unit(x0)
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        """The UNet's raw output for noisy samples x at timestep t."""
+        t = torch.as_tensor(t, device=x.device).reshape(-1)
+        t = t.expand(x.shape[0]) if t.numel() == 1 else t
+        if self.conditioning is not None:
+            cond = self.conditioning.to(x).expand(x.shape[0], -1, -1)
+            return self.unet(x, t, encoder_hidden_states=cond).sample
+        return self.unet(x, t).sample
+
+    def split(self, output: torch.Tensor, x: torch.Tensor, alpha_bar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(eps, x0) from the UNet output, whatever the scheduler's prediction type."""
+        a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+        kind = self.scheduler.config.prediction_type
+        if kind == "epsilon":
+            eps = output
+            return eps, (x - s * eps) / a
+        if kind == "sample":
+            x0 = output
+            return (x - a * x0) / s, x0
+        if kind == "v_prediction":
+            return s * x + a * output, a * x - s * output
+        raise InputError(f"prediction type {kind!r} is not supported (epsilon, sample or v_prediction)")
+
+    def join(self, eps: torch.Tensor, x0: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+        """Back from (eps, x0) to an output of the scheduler's prediction type."""
+        a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+        kind = self.scheduler.config.prediction_type
+        return {"epsilon": eps, "sample": x0, "v_prediction": a * eps - s * x0}[kind]
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+def load_diffusion(path: str | Path, prompt: str = "", device: str | torch.device = "cpu") -> DiffusionModel:
+    """Load a local diffusers pipeline directory (``model_index.json`` plus one folder per component):
+    a UNet2DModel with a DDPM/DDIM scheduler, or a latent pipeline (vae + unet + scheduler, and
+    text_encoder + tokenizer when the UNet is text-conditioned; `prompt` is what it is conditioned on,
+    the empty prompt by default, since CLIPLoss does the steering)."""
+    diffusers = _diffusers()
+    root = Path(path)
+    if not root.exists():
+        raise CheckpointError(f"no diffusion model at '{root}': pass a local diffusers pipeline directory")
+    if not root.is_dir():
+        raise CheckpointError(f"'{root}' is a file; a diffusion model is a diffusers pipeline directory "
+                              "with model_index.json and one folder per component (unet, scheduler, ...)")
+    index_path = root / "model_index.json"
+    if not index_path.is_file():
+        hint = ""
+        if (root / "config.json").is_file():
+            kind = json.loads((root / "config.json").read_text()).get("_class_name", "?")
+            hint = (f" It holds a single {kind} (config.json); put it in a 'unet' folder beside a 'scheduler' "
+                    "folder and a model_index.json, as pipeline.save_pretrained() writes them.")
+        raise CheckpointError(f"'{root}' has no model_index.json, so it is not a diffusers pipeline directory.{hint}")
+    index = json.loads(index_path.read_text())
+    comps = {k: v for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0] is not None}
+    needed = ["unet", "scheduler"]
+    unet_cls = comps.get("unet", [None, None])[1]
+    if "vae" in comps:
+        needed.append("vae")
+    if unet_cls == "UNet2DConditionModel":
+        needed += ["text_encoder", "tokenizer"]
+    missing = [c for c in needed if c not in comps or not (root / c).is_dir()]
+    if missing:
+        raise CheckpointError(f"diffusion pipeline '{root}' is missing component(s) {', '.join(missing)}: "
+                              f"a {unet_cls or 'UNet'} pipeline needs {', '.join(needed)} (each a folder with "
+                              "its config and weights, listed in model_index.json)")
+    if unet_cls not in _UNETS:
+        raise CheckpointError(f"unet of '{root}' is a {unet_cls}; supported: {', '.join(_UNETS)}")
+    kw = {"local_files_only": True}
+    unet = getattr(diffusers, unet_cls).from_pretrained(root / "unet", **kw)
+    sched_cls = comps["scheduler"][1]
+    if sched_cls in _SCHEDULERS:
+        scheduler = getattr(diffusers, sched_cls).from_pretrained(root / "scheduler", **kw)
+    else:   # any other noise schedule: sample with DDIM on the same betas
+        scheduler = diffusers.DDIMScheduler.from_config(json.loads((root / "scheduler" / "scheduler_config.json").read_text()))
+    vae = None
+    if "vae" in comps:
+        vae_cls = comps["vae"][1]
+        if vae_cls not in _AUTOENCODERS:
+            raise CheckpointError(f"vae of '{root}' is a {vae_cls}; supported: {', '.join(_AUTOENCODERS)}")
+        vae = freeze(getattr(diffusers, vae_cls).from_pretrained(root / "vae", **kw)).to(device)
+    conditioning = None
+    if unet_cls == "UNet2DConditionModel":
+        conditioning = _encode_prompt(root, comps, prompt, device)
+    return DiffusionModel(unet=freeze(unet).to(device), scheduler=scheduler, vae=vae, conditioning=conditioning,
+                          source=str(root), extra={"components": {k: v[1] for k, v in comps.items()}})
+
+
+def _encode_prompt(root: Path, comps: dict, prompt: str, device) -> torch.Tensor:
+    import transformers
+
+    tok = getattr(transformers, comps["tokenizer"][1]).from_pretrained(root / "tokenizer", local_files_only=True)
+    enc = getattr(transformers, comps["text_encoder"][1]).from_pretrained(root / "text_encoder", local_files_only=True)
+    ids = tok([prompt], padding="max_length", max_length=tok.model_max_length, truncation=True,
+              return_tensors="pt").input_ids
+    with torch.no_grad():
+        return enc(ids.to(device))[0].detach()
+
+
+# ---------------------------------------------------------------------------------------------- sampling
+
+def _ddim(model: DiffusionModel, steps: int):
+    """A deterministic DDIM scheduler on the model's noise schedule with `steps` inference steps."""
+    sched = _diffusers().DDIMScheduler.from_config(model.scheduler.config)
+    sched.set_timesteps(steps)
+    return sched
+
+
+def _alpha_bar(sched, t) -> torch.Tensor:
+    return sched.alphas_cumprod[int(t)].float()
+
+
+def _prev_alpha_bar(sched, t, steps: int) -> torch.Tensor:
+    prev = int(t) - sched.config.num_train_timesteps // steps
+    return sched.alphas_cumprod[prev].float() if prev >= 0 else torch.as_tensor(sched.final_alpha_cumprod).float()
+
+
+def ddim_sample(model: DiffusionModel, x: torch.Tensor, steps: int, start_index: int = 0) -> torch.Tensor:
+    """Deterministic DDIM from x at timestep index `start_index`, differentiable; returns x0."""
+    sched = _ddim(model, steps)
+    for t in sched.timesteps[start_index:]:
+        ab, ab_prev = _alpha_bar(sched, t), _prev_alpha_bar(sched, t, steps)
+        eps, x0 = model.split(model.predict(x, t), x, ab)
+        x = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
+    return x
+
+
+@torch.no_grad()
+def ddim_invert(model: DiffusionModel, x0: torch.Tensor, steps: int) -> torch.Tensor:
+    """DDIM run backwards: the noise x_T that deterministic DDIM sampling maps (approximately) back to
+    the clean sample x0. Each step reuses the noise predicted at the less noisy level."""
+    sched = _ddim(model, steps)
+    x = x0
+    for t in reversed(sched.timesteps):
+        ab, ab_prev = _alpha_bar(sched, t), _prev_alpha_bar(sched, t, steps)
+        eps, _ = model.split(model.predict(x, t), x, ab)
+        clean = (x - (1 - ab_prev).sqrt() * eps) / ab_prev.sqrt()
+        x = ab.sqrt() * clean + (1 - ab).sqrt() * eps
+    return x
+
+
+class DiffusionLatent(Generator):
+    """A diffusion model as a generator: the latent is the starting noise x_T, forward() samples it
+    deterministically with DDIM (`sample_steps`), and run() does CLIP-guided sampling from it.
+    `init=` images start from their DDIM inversion, so forward() gives them back."""
+
+    family = "diffusion"
+
+    def __init__(self, model: DiffusionModel, size: int | tuple[int, int] = 64, batch: int = 1,
+                 init: torch.Tensor | None = None, generator: torch.Generator | None = None, sample_steps: int = 20):
+        super().__init__()
+        h, w = (size, size) if isinstance(size, int) else size
+        f = model.scale_factor
+        if h % f or w % f:
+            raise InputError(f"size {h}x{w} is not a multiple of the autoencoder's factor {f}")
+        self.model, self.size, self.sample_steps = model, (h, w), int(sample_steps)
+        self.unet = model.unet          # registered so .to() moves the networks with the latent
+        if model.vae is not None:
+            self.vae = model.vae
+        self.init_images = None
+        if init is not None:
+            self.init_images = check_init(init, (h, w), batch)
+            with torch.no_grad():
+                start = ddim_invert(model, model.encode(self.init_images), self.sample_steps)
+        else:
+            start = torch.randn(batch, model.channels, h // f, w // f, generator=generator)
+        self.latent = nn.Parameter(start.contiguous())
+        self.register_buffer("start", start.detach().clone(), persistent=False)
+
+    def forward(self) -> torch.Tensor:
+        return self.model.decode(ddim_sample(self.model, self.latent, self.sample_steps))
+
+    def run(self, loss_fn: Callable[..., torch.Tensor], steps: int | None = None, lr: float | None = None, *,
+            seed: int = 0, guidance_scale: float = 0.5, strength: float = 1.0, scheduler: str = "ddim",
+            callback: Callable | None = None, frame_every: int = 0, progress: bool = True,
+            settings: dict | None = None, regularisers=(), latent_weight: float = 0.0, **unused) -> Any:
+        """CLIP-guided sampling with `steps` denoising steps (default: sample_steps). strength < 1 with
+        an init image: SDEdit (the image noised to that fraction of the schedule, then denoised); with
+        strength 1 and an init image, sampling starts from the image's DDIM inversion. Regularisers
+        (functions of the images, weighted) join the guidance loss; lr and latent_weight do not apply
+        to sampling and are ignored."""
+        return guided_sample(self.model, loss_fn, self.latent.detach(), self.sample_steps if steps is None else steps,
+                             guidance_scale=guidance_scale, seed=seed, strength=strength, scheduler=scheduler,
+                             init_images=self.init_images, callback=callback, frame_every=frame_every,
+                             progress=progress, settings=settings, regularisers=regularisers)
+
+
+def guided_sample(model: DiffusionModel, loss_fn: Callable[..., torch.Tensor], noise: torch.Tensor, steps: int, *,
+                  guidance_scale: float = 0.5, seed: int = 0, strength: float = 1.0, scheduler: str = "ddim",
+                  init_images: torch.Tensor | None = None, callback: Callable | None = None, frame_every: int = 0,
+                  progress: bool = True, settings: dict | None = None, regularisers=()):
+    """The guided denoising loop behind DiffusionLatent.run (returns a SteerResult)."""
+    from ..guide.steer import StepInfo, SteerResult, StopSteering, _provenance
+
+    if steps < 1:
+        raise InputError(f"steps must be >= 1, got {steps}")
+    if not 0 < strength <= 1:
+        raise InputError(f"strength must be in (0, 1], got {strength}")
+    if guidance_scale < 0:
+        raise InputError(f"guidance_scale must be >= 0, got {guidance_scale}")
+    d = _diffusers()
+    kinds = {"ddim": d.DDIMScheduler, "ddpm": d.DDPMScheduler}
+    if scheduler not in kinds:
+        raise InputError(f"scheduler {scheduler!r} is not one of {sorted(kinds)}")
+    sched = kinds[scheduler].from_config(model.scheduler.config)
+    sched.set_timesteps(steps)
+    rng = torch.Generator(device="cpu").manual_seed(int(seed))
+    timesteps = sched.timesteps
+    x = noise
+    if init_images is not None and strength < 1:
+        first = min(int(round(steps * (1 - strength))), steps - 1)
+        timesteps = timesteps[first:]
+        clean = model.encode(init_images.to(noise.device)).detach()
+        fresh = torch.randn(clean.shape, generator=rng).to(clean)
+        x = sched.add_noise(clean, fresh, timesteps[:1])
+    settings = {"sampler": scheduler, "steps": steps, "guidance_scale": guidance_scale, "seed": seed,
+                "strength": strength, **(settings or {})}
+    provenance = _provenance(loss_fn, model.unet, settings)
+    provenance["generator"] = "DiffusionLatent"
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(timesteps), desc="diffusion", unit="step", dynamic_ncols=True, leave=False)
+    losses, frames, stopped, shown = [], [], None, None
+    start = time.perf_counter()
+    try:
+        for i, t in enumerate(timesteps):
+            ab = _alpha_bar(sched, t)
+            x_in = x.detach().requires_grad_(guidance_scale > 0)
+            with torch.enable_grad():
+                eps, x0 = model.split(model.predict(x_in, t), x_in, ab)
+                images = model.decode(x0)
+                loss = loss_fn(images, generator=rng)
+                for fn, weight in regularisers:
+                    loss = loss + weight * fn(images).mean()
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    stopped = f"non-finite loss at step {i}: kept the images of the last finite step"
+                    break
+                if guidance_scale > 0:
+                    (grad,) = torch.autograd.grad(loss, x_in)
+            losses.append(value)
+            shown = images.detach().clone()
+            if guidance_scale > 0:
+                rms = grad.pow(2).mean(dim=tuple(range(1, grad.dim())), keepdim=True).sqrt().clamp(min=1e-12)
+                eps = eps.detach() + guidance_scale * (1 - ab).sqrt() * grad / rms
+                x0 = (x_in.detach() - (1 - ab).sqrt() * eps) / ab.sqrt()
+            out = model.join(eps.detach(), x0.detach(), ab)
+            x = sched.step(out, t, x.detach(), generator=rng).prev_sample if scheduler == "ddpm" else \
+                sched.step(out, t, x.detach()).prev_sample
+            if frame_every and i % frame_every == 0:
+                frames.append(shown)
+            if callback is not None:
+                callback(StepInfo(i, value, shown, guidance_scale))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{value:.4f}")
+        else:
+            with torch.no_grad():
+                shown = model.decode(x).detach()
+    except KeyboardInterrupt:
+        stopped = f"interrupted at step {len(losses)}"
+    except StopSteering as e:
+        stopped = f"stopped by the callback at step {len(losses)}" + (f": {e}" if str(e) else "")
+    finally:
+        if bar is not None:
+            bar.close()
+    if shown is None:
+        with torch.no_grad():
+            shown = model.decode(x).detach()
+    final = float(losses[-1]) if losses else math.inf
+    provenance.update(best_step=len(losses) - 1, best_loss=final if math.isfinite(final) else None)
+    return SteerResult(images=shown, last_images=shown, best_loss=final, best_step=len(losses) - 1, losses=losses,
+                       steps=len(losses), stopped=stopped, seconds=time.perf_counter() - start,
+                       provenance=provenance, frames=frames)

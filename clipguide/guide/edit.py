@@ -1,0 +1,92 @@
+"""Editing a real image by text: start every generator from the image, steer it toward the prompt
+(or along the direction from a source text to the prompt, as in StyleGAN-NADA), and keep what should
+not change close to the original.
+
+    result = edit_image(clip, image, "a church at night", source="a church at day")
+    result.save("night.png")
+
+Preservation has two terms: pixels outside the mask stay near the original (squared distance,
+weight `preserve`), and the latent stays near the image's own latent (weight `latent_weight`,
+for generators that have one). The mask (1 = may change) limits the edit to a region.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+from ..preprocess import check_images
+
+
+def _fit_size(generator: str, image: torch.Tensor, size: int | None, network) -> tuple[int, int]:
+    """The size an edit works at: the image's own (capped at 256 px), the StyleGAN's, or a multiple
+    of the latent grid's factor."""
+    if generator == "stylegan":
+        return (network.config.size, network.config.size)
+    h, w = image.shape[-2:]
+    if size is None:
+        scale = min(1.0, 256 / max(h, w))
+        h, w = max(8, round(h * scale)), max(8, round(w * scale))
+    else:
+        h = w = size
+    factor = 1
+    if generator == "vqgan":
+        factor = network.factor
+    elif generator == "diffusion":
+        factor = network.scale_factor * 2 ** (len(network.unet.config.block_out_channels) - 1)
+    h, w = max(factor, h // factor * factor), max(factor, w // factor * factor)
+    return (h, w)
+
+
+def edit_image(model, image: torch.Tensor, prompt, *, source: str | None = None, generator: str = "fourier",
+               mask: torch.Tensor | None = None, preserve: float = 1.0, latent_weight: float = 0.0,
+               steps: int = 100, lr: float = 0.05, cutouts: int = 16, seed: int = 0, size: int | None = None,
+               strength: float = 0.6, network=None, generator_model=None, generator_options: dict | None = None,
+               progress: bool = True, frame_every: int = 0):
+    """Edit `image` (1, 3, H, W) in [0, 1] toward `prompt` with guide `model`. With `source` (what the
+    image shows now) the loss is directional. `strength` is how far a diffusion edit re-noises the
+    image (0-1). Returns a SteerResult whose provenance records the edit."""
+    from ..generators import build_generator, load_network
+    from .augment import Cutouts
+    from .loss import CLIPLoss
+    from .regularisers import l2_to
+
+    image = check_images(image)
+    if image.dim() != 4 or image.shape[0] != 1:
+        raise InputError(f"edit one image at a time: got a batch of shape {tuple(image.shape)}")
+    if preserve < 0 or latent_weight < 0:
+        raise InputError("preserve and latent_weight must be >= 0")
+    if network is None:
+        network = load_network(generator, generator_model)
+    hw = _fit_size(generator, image, size, network)
+    target = F.interpolate(image, size=hw, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1) \
+        if tuple(image.shape[-2:]) != tuple(hw) else image
+    keep = None
+    if mask is not None:
+        m = mask.float()
+        if m.dim() == 2:
+            m = m[None, None]
+        elif m.dim() == 3:
+            m = m[:1][None] if m.shape[0] in (1, 3, 4) else m[None, :1]
+        if m.dim() != 4:
+            raise InputError(f"mask must be (H, W), (1, H, W) or (1, 1, H, W), got {tuple(mask.shape)}")
+        m = m[:, :1]
+        if m.max() > 1 or m.min() < 0:
+            raise InputError("mask values must be in [0, 1] (1 = may change)")
+        keep = 1 - F.interpolate(m, size=hw, mode="bilinear", align_corners=False)
+        if keep.min() > 0.999:
+            raise InputError("the mask is empty: nothing may change (white marks the region to edit)")
+    options = dict(generator_options or {})
+    gen = build_generator(generator, size=None if generator == "stylegan" else hw, seed=seed, init=target,
+                          network=network, **options)
+    if source is not None and not source.strip():
+        raise InputError("source text is empty: describe what the image shows now, or leave it out")
+    clip_size = model.config.vision.image_size
+    kind = "directional" if source else "spherical"
+    loss = CLIPLoss(model, prompt, loss=kind, source_text=source, source_image=target if source else None,
+                    cutouts=Cutouts(size=clip_size, n=cutouts, min_size=0.5, noise=0.05))
+    regs = [(lambda x: l2_to(x, target, keep), preserve)] if preserve else []
+    settings = {"edit": True, "source": source, "generator": generator, "size": list(hw), "preserve": preserve,
+                "latent_weight": latent_weight, "masked": mask is not None, "cutouts": cutouts}
+    return gen.run(loss, steps=steps, lr=lr, seed=seed, regularisers=regs, latent_weight=latent_weight,
+                   strength=strength, progress=progress, frame_every=frame_every, settings=settings)

@@ -1,0 +1,59 @@
+"""The bundled models: present, small, described, and trained (they read held-out world pictures far
+better than chance; the full figures are in their model cards, from `clipguide eval`)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import clipguide
+from clipguide.world.tasks import get_task
+
+ASSETS = Path(clipguide.__file__).parent / "assets"
+BUNDLED = clipguide.bundled_models()
+
+
+def test_budget_and_cards():
+    total = sum(f.stat().st_size for f in ASSETS.rglob("*") if f.is_file())
+    assert total < 64 * 2**20
+    assert "default" in BUNDLED
+    for name in BUNDLED:
+        card = (ASSETS / f"{name}.md").read_text()
+        assert f"clipguide train --config {name}" in card and "training time" in card
+        assert '"retrieval"' in card and (ASSETS / f"{name}-curves.png").is_file()
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_bundled_model_reads_held_out_pictures(name):
+    model = clipguide.load(name)
+    if name == "default":
+        assert model.config.vision.image_size == 64 and model.num_parameters() <= 10_000_000
+    accuracies = {}
+    for task_name in ("colour_shape", "scene", "relation"):
+        task = get_task(task_name, split="eval")
+        items = task.items(48, seed=0)
+        images = torch.stack([it.image for it in items])
+        with torch.no_grad():
+            feats = model.encode_image(model.preprocess(images), normalize=True)
+            right = 0
+            for f, it in zip(feats, items):
+                text = model.encode_text(model.tokenize(list(it.candidates)), normalize=True)
+                right += int((text @ f).argmax() == it.label)
+        accuracies[task_name] = right / len(items)
+        chance = 1 / len(items[0].candidates)
+        assert accuracies[task_name] > min(0.5, 4 * chance), (task_name, accuracies)
+
+
+def test_bundled_default_guides_by_name(tmp_path):
+    from clipguide.guide.suite import guided_image
+
+    model = clipguide.load("default")
+    res = guided_image(model, "a red circle", steps=3, cutouts=2, progress=False)
+    assert res.images.shape == (1, 3, 64, 64)
+    path = res.save(tmp_path / "x.png")
+    from PIL import Image
+    with Image.open(path) as im:
+        prov = json.loads(im.text["clipguide"])
+    assert prov["models"][0]["hash"]

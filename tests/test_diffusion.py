@@ -1,0 +1,216 @@
+"""Diffusion guidance through diffusers: pipeline directories written by the tests in the diffusers
+layout (a pixel UNet2DModel pipeline and a tiny Stable-Diffusion-layout latent pipeline)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+
+from batteries import GeneratorBattery  # noqa: E402
+from clipguide.errors import CheckpointError, InputError  # noqa: E402
+from clipguide.generators.diffusion import DiffusionLatent, ddim_invert, ddim_sample, load_diffusion  # noqa: E402
+
+
+def _unet(**kw):
+    torch.manual_seed(0)
+    return diffusers.UNet2DModel(sample_size=16, in_channels=3, out_channels=3, block_out_channels=(16, 32),
+                                 layers_per_block=1, norm_num_groups=8, attention_head_dim=8,
+                                 down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                                 up_block_types=("AttnUpBlock2D", "UpBlock2D"), **kw)
+
+
+def _save_pipeline(root, components: dict, class_name: str):
+    root.mkdir(parents=True, exist_ok=True)
+    index = {"_class_name": class_name, "_diffusers_version": diffusers.__version__}
+    for name, obj in components.items():
+        if obj is None:
+            index[name] = [None, None]
+            continue
+        obj.save_pretrained(root / name)
+        lib = "transformers" if type(obj).__module__.startswith("transformers") else "diffusers"
+        index[name] = [lib, type(obj).__name__]
+    (root / "model_index.json").write_text(json.dumps(index))
+    return root
+
+
+@pytest.fixture(scope="module")
+def pixel_dir(tmp_path_factory):
+    sched = diffusers.DDIMScheduler(num_train_timesteps=100)
+    return _save_pipeline(tmp_path_factory.mktemp("ddpm") / "pipe", {"unet": _unet(), "scheduler": sched},
+                          "DDPMPipeline")
+
+
+@pytest.fixture(scope="module")
+def pixel_model(pixel_dir):
+    return load_diffusion(pixel_dir)
+
+
+def _clip_tokenizer(root):
+    """A byte-level CLIP tokenizer with no merges: every character is a token (enough to encode text)."""
+    import transformers
+
+    printable = [b for b in range(256) if 33 <= b <= 126 or 161 <= b <= 172 or 174 <= b <= 255]
+    extra = [b for b in range(256) if b not in printable]
+    chars = [chr(b) for b in printable] + [chr(256 + i) for i in range(len(extra))]   # byte-level alphabet
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "vocab.json").write_text(json.dumps(vocab))
+    (root / "merges.txt").write_text("#version: 0.2\n")
+    return transformers.CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"), model_max_length=8), len(vocab)
+
+
+@pytest.fixture(scope="module")
+def latent_dir(tmp_path_factory):
+    import transformers
+
+    base = tmp_path_factory.mktemp("sd")
+    tok, vocab = _clip_tokenizer(base / "tok-src")
+    torch.manual_seed(0)
+    text = transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        max_position_embeddings=8))
+    vae = diffusers.AutoencoderKL(block_out_channels=(8, 16), norm_num_groups=8, latent_channels=4,
+                                  down_block_types=("DownEncoderBlock2D",) * 2,
+                                  up_block_types=("UpDecoderBlock2D",) * 2, sample_size=32)
+    unet = diffusers.UNet2DConditionModel(sample_size=16, in_channels=4, out_channels=4, block_out_channels=(16, 32),
+                                          layers_per_block=1, norm_num_groups=8, cross_attention_dim=16,
+                                          attention_head_dim=8, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                          up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    sched = diffusers.DDPMScheduler(num_train_timesteps=100, prediction_type="v_prediction")
+    return _save_pipeline(base / "pipe", {"vae": vae, "unet": unet, "scheduler": sched, "text_encoder": text,
+                                          "tokenizer": tok, "safety_checker": None, "feature_extractor": None},
+                          "StableDiffusionPipeline")
+
+
+class TestDiffusionBattery(GeneratorBattery):
+    init_tolerance = 0.15        # DDIM inversion with a few steps of an untrained UNet is approximate
+
+    @pytest.fixture(autouse=True)
+    def _model(self, pixel_model):
+        self.model = pixel_model
+
+    def build(self, batch=1, seed=0, init=None):
+        return DiffusionLatent(self.model, size=16, batch=batch, init=init, sample_steps=3,
+                               generator=torch.Generator().manual_seed(seed))
+
+    def init_image(self):
+        return super().init_image()[..., :16, :16]
+
+
+def _redness(images, generator=None):
+    """A differentiable stand-in for a CLIP loss: distance to pure red."""
+    red = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
+    return (images - red).pow(2).mean()
+
+
+def test_guidance_lowers_the_loss_ddim_and_ddpm(pixel_model):
+    for sched in ("ddim", "ddpm"):
+        gen = DiffusionLatent(pixel_model, size=16, batch=2, generator=torch.Generator().manual_seed(1))
+        free = gen.run(_redness, steps=6, guidance_scale=0.0, scheduler=sched, progress=False, seed=3)
+        guided = gen.run(_redness, steps=6, guidance_scale=1.0, scheduler=sched, progress=False, seed=3)
+        assert guided.images.shape == (2, 3, 16, 16) and 0 <= guided.images.min() and guided.images.max() <= 1
+        assert _redness(guided.images) < _redness(free.images) - 0.02, sched
+        assert guided.steps == 6 and guided.provenance["sampler"] == sched
+
+
+def test_same_seed_same_result_and_ddpm_uses_the_seed(pixel_model):
+    gen = DiffusionLatent(pixel_model, size=16, generator=torch.Generator().manual_seed(1))
+    a = gen.run(_redness, steps=4, scheduler="ddpm", seed=5, progress=False).images
+    b = gen.run(_redness, steps=4, scheduler="ddpm", seed=5, progress=False).images
+    c = gen.run(_redness, steps=4, scheduler="ddpm", seed=6, progress=False).images
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_sdedit_strength_controls_how_far_an_edit_goes(pixel_model):
+    init = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    gen = DiffusionLatent(pixel_model, size=16, init=init, sample_steps=8)
+    near = gen.run(_redness, strength=0.25, guidance_scale=0.0, progress=False).images
+    far = gen.run(_redness, strength=0.9, guidance_scale=0.0, progress=False).images
+    inverted = gen.run(_redness, strength=1.0, guidance_scale=0.0, progress=False).images   # from DDIM inversion
+    assert (near - init).abs().mean() < (far - init).abs().mean()
+    assert (inverted - init).abs().mean() < (far - init).abs().mean()
+
+
+def test_ddim_inversion_round_trip_improves_with_steps(pixel_model):
+    x0 = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    errs = []
+    for steps in (2, 20):
+        with torch.no_grad():
+            back = ddim_sample(pixel_model, ddim_invert(pixel_model, x0, steps), steps)
+        errs.append((back - x0).abs().mean().item())
+    assert errs[1] < errs[0] and errs[1] < 0.1
+
+
+def test_prediction_types_split_and_join(pixel_model):
+    x, out, ab = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), torch.tensor(0.3)
+    cfg = pixel_model.scheduler.config
+    old = cfg.prediction_type
+    try:
+        for kind in ("epsilon", "sample", "v_prediction"):
+            pixel_model.scheduler.register_to_config(prediction_type=kind)
+            eps, x0 = pixel_model.split(out, x, ab)
+            torch.testing.assert_close(ab.sqrt() * x0 + (1 - ab).sqrt() * eps, x)      # x = a x0 + s eps
+            torch.testing.assert_close(pixel_model.join(eps, x0, ab), out)
+    finally:
+        pixel_model.scheduler.register_to_config(prediction_type=old)
+
+
+def test_latent_pipeline_in_the_stable_diffusion_layout(latent_dir):
+    model = load_diffusion(latent_dir, prompt="a church")
+    assert model.latent and model.scale_factor == 2 and model.conditioning.shape == (1, 8, 16)
+    gen = DiffusionLatent(model, size=32, batch=2, generator=torch.Generator().manual_seed(0), sample_steps=3)
+    res = gen.run(_redness, steps=3, guidance_scale=1.0, progress=False)
+    assert res.images.shape == (2, 3, 32, 32)
+    gen().mean().backward()
+    assert gen.latent.grad is not None and gen.latent.grad.abs().sum() > 0
+    with pytest.raises(InputError, match="multiple"):
+        DiffusionLatent(model, size=31)
+
+
+def test_clip_loss_guides_a_diffusion_model(pixel_model):
+    import clipguide
+    from clipguide.guide import CLIPLoss, Cutouts
+    from clipguide.tokenizer import Tokenizer
+
+    torch.manual_seed(0)
+    tok = Tokenizer.train(["a red circle", "a blue square"] * 8, vocab_size=600, context_length=16)
+    clip = clipguide.create_model("ViT-nano", tokenizer=tok).eval()
+    loss = CLIPLoss(clip, "a red circle", cutouts=Cutouts(4))
+    res = DiffusionLatent(pixel_model, size=16, generator=torch.Generator().manual_seed(0)).run(
+        loss, steps=3, progress=False)
+    assert len(res.losses) == 3 and res.provenance["prompts"][0]["text"] == "a red circle"
+
+
+def test_bad_directories_say_what_is_wrong(tmp_path, pixel_dir):
+    with pytest.raises(CheckpointError, match="no diffusion model"):
+        load_diffusion(tmp_path / "nowhere")
+    f = tmp_path / "file.bin"
+    f.write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="is a file"):
+        load_diffusion(f)
+    _unet().save_pretrained(tmp_path / "bare")
+    with pytest.raises(CheckpointError, match="single UNet2DModel"):
+        load_diffusion(tmp_path / "bare")
+    import shutil
+    broken = tmp_path / "broken"
+    shutil.copytree(pixel_dir, broken)
+    shutil.rmtree(broken / "scheduler")
+    with pytest.raises(CheckpointError, match="missing component.*scheduler"):
+        load_diffusion(broken)
+    index = json.loads((pixel_dir / "model_index.json").read_text())
+    index["unet"] = ["diffusers", "UNet1DModel"]
+    odd = tmp_path / "odd"
+    shutil.copytree(pixel_dir, odd)
+    (odd / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match="UNet1DModel"):
+        load_diffusion(odd)
+    gen = DiffusionLatent(load_diffusion(pixel_dir), size=16)
+    for bad, match in [({"strength": 0.0}, "strength"), ({"guidance_scale": -1}, "guidance_scale"),
+                       ({"scheduler": "euler"}, "scheduler"), ({"steps": 0}, "steps")]:
+        with pytest.raises(InputError, match=match):
+            gen.run(_redness, progress=False, **bad)

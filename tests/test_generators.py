@@ -1,0 +1,135 @@
+"""One interface over every generator family: the registry, text edits of real images, and the
+`generate --generator` / `edit` commands on checkpoints the tests write in each public layout."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import clipguide
+from clipguide.cli import main
+from clipguide.errors import InputError, WeightsNotFoundError
+from clipguide.generators import GENERATORS, build_generator, load_network
+from clipguide.generators.stylegan import StyleGAN2Config, StyleGAN2Generator, save_stylegan
+from clipguide.generators.vqgan import VQGAN, VQGANConfig, DDConfig, save_vqgan
+from clipguide.guide.edit import edit_image
+from clipguide.tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="module")
+def clip():
+    torch.manual_seed(0)
+    tok = Tokenizer.train(["a red circle", "a blue square", "at night", "a church"] * 5, vocab_size=600,
+                          context_length=16)
+    return clipguide.create_model("ViT-nano", tokenizer=tok).eval()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, clip):
+    root = tmp_path_factory.mktemp("gen")
+    torch.manual_seed(0)
+    vq = VQGAN(VQGANConfig(embed_dim=4, n_embed=16, ddconfig=DDConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1,
+                                                                      attn_resolutions=(), resolution=32,
+                                                                      z_channels=8))).eval()
+    sg = StyleGAN2Generator(StyleGAN2Config(size=32, style_dim=32, n_mlp=2, channel_max=32),
+                            generator=torch.Generator().manual_seed(0))
+    return {"vqgan": save_vqgan(vq, root / "vq.safetensors"), "stylegan": save_stylegan(sg, root / "sg.safetensors"),
+            "clip": clipguide.save(clip, root / "clip.safetensors", model_card="tiny")}
+
+
+def test_registry_builds_every_family_the_same_way(files):
+    assert set(GENERATORS) == {"pixels", "fourier", "vqgan", "stylegan", "diffusion"}
+    for name in ("pixels", "fourier", "vqgan", "stylegan"):
+        net = load_network(name, files.get(name))
+        a = build_generator(name, size=32, seed=1, network=net)
+        b = build_generator(name, size=32, seed=1, network=net)
+        x = a()
+        assert x.shape == (1, 3, 32, 32) and 0 <= x.min() and x.max() <= 1, name
+        assert torch.equal(x, b()), name
+        assert a.latent_parameters() and all(p.requires_grad for p in a.latent_parameters())
+        assert not any(p.requires_grad for n, p in a.named_parameters() if p not in set(a.latent_parameters()))
+
+
+def test_registry_errors_say_what_to_do(files, monkeypatch, tmp_path):
+    import clipguide.generators as G
+
+    with pytest.raises(InputError, match="not one of"):
+        build_generator("gan")
+    monkeypatch.setattr(G, "ASSETS", tmp_path)
+    with pytest.raises(WeightsNotFoundError, match="--generator-model"):
+        build_generator("vqgan")
+    with pytest.raises(WeightsNotFoundError, match="not found"):
+        build_generator("stylegan", model=tmp_path / "missing.pt")
+    with pytest.raises(InputError, match="32 px"):
+        build_generator("stylegan", model=files["stylegan"], size=64)
+
+
+def _picture():
+    """A world-like picture: a red square on gray."""
+    x = torch.full((1, 3, 32, 32), 0.5)
+    x[:, :, 8:24, 8:24] = torch.tensor([0.9, 0.1, 0.1]).view(1, 3, 1, 1)
+    return x
+
+
+def test_edit_keeps_what_the_mask_protects(clip):
+    image = _picture()
+    mask = torch.zeros(32, 32)
+    mask[:, :16] = 1                                     # only the left half may change
+    res = edit_image(clip, image, "a blue square", generator="pixels", mask=mask, preserve=50.0, steps=30,
+                     lr=0.1, cutouts=4, progress=False)
+    out = res.images
+    left = (out - image)[..., :16].abs().mean()
+    right = (out - image)[..., 16:].abs().mean()
+    assert left > 3 * right and right < 0.02
+    assert res.provenance["edit"] and res.provenance["masked"]
+
+
+def test_directional_edit_and_generators_with_latents(clip, files):
+    image = _picture()
+    for name in ("fourier", "vqgan", "stylegan"):
+        res = edit_image(clip, image, "at night", source="a church", generator=name, steps=3, cutouts=2,
+                         generator_model=files.get(name), latent_weight=0.1, progress=False)
+        assert res.images.shape[-2:] == (32, 32) and res.provenance["source"] == "a church", name
+        assert res.provenance["loss"] == "directional"
+
+
+def test_edit_bad_input(clip):
+    image = _picture()
+    with pytest.raises(InputError, match="one image"):
+        edit_image(clip, torch.cat([image, image]), "x", generator="pixels", steps=1)
+    with pytest.raises(InputError, match="mask is empty"):
+        edit_image(clip, image, "x", generator="pixels", mask=torch.zeros(32, 32), steps=1)
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        edit_image(clip, image, "x", generator="pixels", mask=torch.full((32, 32), 2.0), steps=1)
+    with pytest.raises(InputError, match="source text is empty"):
+        edit_image(clip, image, "x", source=" ", generator="pixels", steps=1)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "L", "I;16"])
+def test_cli_edit_reads_any_image_mode(files, tmp_path, mode, capsys):
+    from PIL import Image
+
+    src = tmp_path / f"in-{mode.replace(';', '')}.png"
+    arr = (_picture()[0].permute(1, 2, 0).numpy() * 255).astype("uint8")
+    im = Image.fromarray(arr).resize((40, 24))            # another size than the generator's
+    (im.convert(mode) if mode != "I;16" else im.convert("L").convert("I;16")).save(src)
+    out = tmp_path / "out.png"
+    assert main(["edit", "--image", str(src), "--prompt", "at night", "--model", str(files["clip"]),
+                 "--generator", "vqgan", "--generator-model", str(files["vqgan"]), "--steps", "2",
+                 "--cutouts", "2", "--out", str(out)]) == 0
+    with Image.open(out) as im:
+        prov = json.loads(im.text["clipguide"])
+        assert im.size == (40, 24) and prov["edit"] is True
+
+
+def test_cli_generate_with_a_stylegan_and_wrong_family(files, tmp_path, capsys):
+    out = tmp_path / "sg.png"
+    assert main(["generate", "a red circle", "--model", str(files["clip"]), "--generator", "stylegan",
+                 "--generator-model", str(files["stylegan"]), "--space", "w", "--steps", "2", "--cutouts", "2",
+                 "--out", str(out)]) == 0
+    assert out.exists()
+    code = main(["generate", "a red circle", "--model", str(files["clip"]), "--generator", "stylegan",
+                 "--generator-model", str(files["vqgan"]), "--steps", "1", "--out", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert code != 0 and "VQGAN" in err
