@@ -35,11 +35,15 @@ def versus(t: dict[str, float], peer: str, digits: int = 1) -> dict[str, float]:
 
 
 def peak_rss_of(code: str) -> dict:
-    """Run `code` in a fresh interpreter; it must print one JSON object. Adds the process's peak RSS."""
-    wrapper = code + "\nimport resource, json as _j\n"
+    """Run `code` in a fresh interpreter; its last line of output must be one JSON object, returned
+    with the process's peak resident memory added as "peak_rss_mb"."""
+    wrapper = (code + "\nimport resource as _r, sys as _s\n"
+               "print('{\"peak_rss_mb\": %.1f}' % (_r.getrusage(_r.RUSAGE_SELF).ru_maxrss / 1024), file=_s.stderr)\n")
     out = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    row.update(json.loads(out.stderr.strip().splitlines()[-1]))
+    return row
 
 
 def vm_hwm_bytes() -> int:
