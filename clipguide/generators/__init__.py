@@ -84,7 +84,7 @@ def _vqgan(net, size, batch, init, rng, **kw):
 
 def _stylegan(net, size, batch, init, rng, **kw):
     from .stylegan import StyleGANLatent
-    if size is not None and size != net.config.size:
+    if size is not None and tuple(size if isinstance(size, (tuple, list)) else (size, size)) != (net.config.size,) * 2:
         raise InputError(f"this StyleGAN2 makes {net.config.size} px images, not {size}: leave the size unset "
                          "or resize the result")
     return StyleGANLatent(net, batch=batch, init=init, generator=rng, **kw)
@@ -102,6 +102,22 @@ _LOADERS: dict[str, Callable[..., Any]] = {"vqgan": _load_vqgan, "stylegan": _lo
                                            "diffusion": _load_diffusion}
 
 
+# How each family constrains image sides: a fixed size, or a multiple of the latent grid's cell.
+_FIXED_SIZE: dict[str, Callable[[Any], int]] = {"stylegan": lambda net: net.config.size}
+_SIZE_MULTIPLE: dict[str, Callable[[Any], int]] = {"vqgan": lambda net: net.factor,
+                                                  "diffusion": lambda net: net.size_multiple}
+
+
+def working_size(name: str, network: Any, size: tuple[int, int]) -> tuple[int, int]:
+    """The size nearest below `size` (h, w) that family `name` with `network` can make."""
+    if name in _FIXED_SIZE:
+        side = _FIXED_SIZE[name](network)
+        return (side, side)
+    f = _SIZE_MULTIPLE[name](network) if name in _SIZE_MULTIPLE else 1
+    h, w = size
+    return (max(f, h // f * f), max(f, w // f * f))
+
+
 def build_generator(name: str, *, size: int | None = None, batch: int = 1, init: torch.Tensor | None = None,
                     seed: int = 0, model: Any = None, network: Any = None, **options) -> torch.nn.Module:
     """A generator adapter of family `name`, seeded by `seed` (same seed, same start). The network
@@ -114,5 +130,5 @@ def build_generator(name: str, *, size: int | None = None, batch: int = 1, init:
     return GENERATORS[name](network, size, batch, init, rng, **options)
 
 
-__all__ = ["Generator", "GENERATORS", "build_generator", "load_network", "ClampWithGrad", "to_unit", "from_unit", "freeze",
+__all__ = ["Generator", "GENERATORS", "build_generator", "load_network", "working_size", "ClampWithGrad", "to_unit", "from_unit", "freeze",
            "check_init"]

@@ -55,6 +55,7 @@ class DiffusionModel:
     conditioning: torch.Tensor | None = None        # (1, L, D) text states for conditional UNets
     source: str = ""
     extra: dict = field(default_factory=dict)
+    _ddim_cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def latent(self) -> bool:
@@ -65,6 +66,19 @@ class DiffusionModel:
         if self.vae is None:
             return 1
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def size_multiple(self) -> int:                  # image sides must be multiples of this (VAE and UNet levels)
+        return self.scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    def ddim(self, steps: int):
+        """A deterministic DDIM scheduler on this model's noise schedule with `steps` inference steps
+        (made once per step count: forward() samples with it on every guidance step)."""
+        if steps not in self._ddim_cache:
+            sched = _diffusers().DDIMScheduler.from_config(self.scheduler.config)
+            sched.set_timesteps(steps)
+            self._ddim_cache[steps] = sched
+        return self._ddim_cache[steps]
 
     @property
     def channels(self) -> int:
@@ -188,13 +202,6 @@ def _encode_prompt(root: Path, comps: dict, prompt: str, device) -> torch.Tensor
 
 # ---------------------------------------------------------------------------------------------- sampling
 
-def _ddim(model: DiffusionModel, steps: int):
-    """A deterministic DDIM scheduler on the model's noise schedule with `steps` inference steps."""
-    sched = _diffusers().DDIMScheduler.from_config(model.scheduler.config)
-    sched.set_timesteps(steps)
-    return sched
-
-
 def _alpha_bar(sched, t) -> torch.Tensor:
     return sched.alphas_cumprod[int(t)].float()
 
@@ -206,7 +213,7 @@ def _prev_alpha_bar(sched, t, steps: int) -> torch.Tensor:
 
 def ddim_sample(model: DiffusionModel, x: torch.Tensor, steps: int, start_index: int = 0) -> torch.Tensor:
     """Deterministic DDIM from x at timestep index `start_index`, differentiable; returns x0."""
-    sched = _ddim(model, steps)
+    sched = model.ddim(steps)
     for t in sched.timesteps[start_index:]:
         ab, ab_prev = _alpha_bar(sched, t), _prev_alpha_bar(sched, t, steps)
         eps, x0 = model.split(model.predict(x, t), x, ab)
@@ -218,7 +225,7 @@ def ddim_sample(model: DiffusionModel, x: torch.Tensor, steps: int, start_index:
 def ddim_invert(model: DiffusionModel, x0: torch.Tensor, steps: int) -> torch.Tensor:
     """DDIM run backwards: the noise x_T that deterministic DDIM sampling maps (approximately) back to
     the clean sample x0. Each step reuses the noise predicted at the less noisy level."""
-    sched = _ddim(model, steps)
+    sched = model.ddim(steps)
     x = x0
     for t in reversed(sched.timesteps):
         ab, ab_prev = _alpha_bar(sched, t), _prev_alpha_bar(sched, t, steps)
@@ -239,9 +246,10 @@ class DiffusionLatent(Generator):
                  init: torch.Tensor | None = None, generator: torch.Generator | None = None, sample_steps: int = 20):
         super().__init__()
         h, w = (size, size) if isinstance(size, int) else size
-        f = model.scale_factor
-        if h % f or w % f:
-            raise InputError(f"size {h}x{w} is not a multiple of the autoencoder's factor {f}")
+        m, f = model.size_multiple, model.scale_factor
+        if h % m or w % m:
+            raise InputError(f"size {h}x{w} is not a multiple of {m} (the autoencoder's factor times the "
+                             "UNet's downsampling)")
         self.model, self.size, self.sample_steps = model, (h, w), int(sample_steps)
         self.unet = model.unet          # registered so .to() moves the networks with the latent
         if model.vae is not None:

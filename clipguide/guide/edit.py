@@ -19,23 +19,17 @@ from ..preprocess import check_images
 
 
 def _fit_size(generator: str, image: torch.Tensor, size: int | None, network) -> tuple[int, int]:
-    """The size an edit works at: the image's own (capped at 256 px), the StyleGAN's, or a multiple
-    of the latent grid's factor."""
-    if generator == "stylegan":
-        return (network.config.size, network.config.size)
+    """The size an edit works at: `size`, else the image's own (capped at 256 px), as the generator
+    can make it (see generators.working_size)."""
+    from ..generators import working_size
+
     h, w = image.shape[-2:]
     if size is None:
         scale = min(1.0, 256 / max(h, w))
         h, w = max(8, round(h * scale)), max(8, round(w * scale))
     else:
         h = w = size
-    factor = 1
-    if generator == "vqgan":
-        factor = network.factor
-    elif generator == "diffusion":
-        factor = network.scale_factor * 2 ** (len(network.unet.config.block_out_channels) - 1)
-    h, w = max(factor, h // factor * factor), max(factor, w // factor * factor)
-    return (h, w)
+    return working_size(generator, network, (h, w))
 
 
 def edit_image(model, image: torch.Tensor, prompt, *, source: str | None = None, generator: str = "fourier",
@@ -77,7 +71,7 @@ def edit_image(model, image: torch.Tensor, prompt, *, source: str | None = None,
         if keep.min() > 0.999:
             raise InputError("the mask is empty: nothing may change (white marks the region to edit)")
     options = dict(generator_options or {})
-    gen = build_generator(generator, size=None if generator == "stylegan" else hw, seed=seed, init=target,
+    gen = build_generator(generator, size=hw, seed=seed, init=target,
                           network=network, **options)
     if source is not None and not source.strip():
         raise InputError("source text is empty: describe what the image shows now, or leave it out")

@@ -84,7 +84,7 @@ def model_hash(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def _provenance(loss_fn: nn.Module, generator: nn.Module, settings: dict) -> dict:
+def _provenance(loss_fn: Any, generator: nn.Module, settings: dict) -> dict:
     prov: dict[str, Any] = {"clipguide_version": __version__, "generator": type(generator).__name__, **settings}
     prompts = getattr(loss_fn, "prompts", None)
     if prompts is not None:

@@ -62,15 +62,31 @@ def guided_image(model, prompt: str, *, generator: str = "fourier", size: int | 
     """One picture for `prompt`: a generator of family `generator` (pixels, fourier, vqgan, stylegan,
     diffusion; its network `network` or loaded from `generator_model`) steered by CLIPLoss with
     `model`. Returns the SteerResult (image, losses, provenance)."""
-    from ..generators import build_generator
+    gen, size = _generator(model, generator, size, seed, network, generator_model, generator_options, init)
+    return _steer_prompt(gen, model, prompt, generator=generator, size=size, steps=steps, lr=lr, cutouts=cutouts,
+                         seed=seed, tv=tv, frame_every=frame_every, progress=progress)
+
+
+def _generator(model, generator: str, size, seed: int, network=None, generator_model=None,
+               options: dict | None = None, init: torch.Tensor | None = None):
+    """A seeded generator and the size asked of it: a generator without a network of its own
+    (pixels, Fourier) makes pictures at the guide's input size unless told otherwise."""
+    from ..generators import build_generator, load_network
+
+    if network is None:
+        network = load_network(generator, generator_model)
+    if network is None:
+        size = size or model.config.vision.image_size
+    gen = build_generator(generator, size=size, seed=seed, init=init, network=network, **(options or {}))
+    return gen, size
+
+
+def _steer_prompt(gen, model, prompt: str, *, generator: str, size, steps: int, lr: float, cutouts: int, seed: int,
+                  tv: float, frame_every: int = 0, progress: bool = True):
     from .augment import Cutouts
     from .loss import CLIPLoss
     from .regularisers import total_variation
 
-    if generator in ("pixels", "fourier"):
-        size = size or model.config.vision.image_size
-    gen = build_generator(generator, size=size, seed=seed, init=init, model=generator_model, network=network,
-                          **(generator_options or {}))
     loss = CLIPLoss(model, prompt, cutouts=Cutouts(size=model.config.vision.image_size, n=cutouts,
                                                    min_size=0.5, noise=0.05))
     return gen.run(loss, steps=steps, lr=lr, seed=seed,
@@ -85,14 +101,12 @@ def guided_eval(guide, judge, prompts: Sequence[str] | None = None, *, generator
     """Steer one picture per prompt with `guide`, then score them: the guide's score, an augmented
     score, the judge's top-1 among all the prompts, the oracle's checks, and the adversarial flag
     (guide score up, judge score not). Returns the report and the pictures (N, 3, H, W)."""
+    from ..generators import load_network
+
     prompts = list(prompts) if prompts is not None else world_prompt_suite()
     if not prompts:
         raise InputError("the prompt suite is empty")
-    from ..generators import load_network
-
-    if generator in ("pixels", "fourier"):
-        size = size or guide.config.vision.image_size
-    network = load_network(generator, generator_model)
+    network = load_network(generator, generator_model)          # once, shared by every prompt
     images, starts = [], []
     bar = None
     if progress:
@@ -100,11 +114,12 @@ def guided_eval(guide, judge, prompts: Sequence[str] | None = None, *, generator
 
         bar = tqdm(total=len(prompts), desc="guided eval", unit="prompt", dynamic_ncols=True)
     for k, p in enumerate(prompts):
-        result = guided_image(guide, p, generator=generator, size=size, steps=steps, lr=lr, cutouts=cutouts,
-                              seed=seed + k, tv=tv, progress=False, network=network,
-                              generator_options=generator_options)
+        gen, gen_size = _generator(guide, generator, size, seed + k, network, options=generator_options)
+        with torch.no_grad():
+            starts.append(gen()[0])                              # the picture the run starts from
+        result = _steer_prompt(gen, guide, p, generator=generator, size=gen_size, steps=steps, lr=lr,
+                               cutouts=cutouts, seed=seed + k, tv=tv, progress=False)
         images.append(result.images[0])
-        starts.append(_start_image(generator, size, seed + k, network, generator_options))
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -112,11 +127,3 @@ def guided_eval(guide, judge, prompts: Sequence[str] | None = None, *, generator
     pics = torch.stack(images)
     report = score(pics, prompts, guide, judge, suite=prompts, initial_images=torch.stack(starts))
     return report, pics
-
-
-@torch.no_grad()
-def _start_image(generator: str, size: int | None, seed: int, network=None, options: dict | None = None) -> torch.Tensor:
-    """The picture a run starts from (same seed, no steps)."""
-    from ..generators import build_generator
-
-    return build_generator(generator, size=size, seed=seed, network=network, **(options or {}))()[0]
