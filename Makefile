@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 app: $(VENV)/.installed
-	$(VENV)/bin/clipguide demo
+	$(VENV)/bin/clipguide app
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -9,7 +9,10 @@ Public API (everything else is internal and may change)::
 from .checkpoints import FORMATS, bundled_models, create_model, load, save
 from .errors import (CheckpointError, ClipguideError, ConfigError, InputError, TextTooLongError,
                      WeightsNotFoundError)
-from .guide import CLIPLoss, Cutouts, FourierImage, PixelImage, Prompt, steer
+from .generators import GENERATORS, build_generator, has_bundled_generator, load_network
+from .guide import CLIPLoss, Cutouts, FourierImage, PixelImage, Prompt, StopSteering, parse_prompts, steer
+from .guide.edit import edit_image
+from .guide.suite import guided_image as generate_image
 from .models import CLIP, CLIPConfig, TextConfig, VisionConfig, get_config, list_models
 from .preprocess import Preprocess, load_image, save_image
 from .tokenizer import Tokenizer
@@ -22,7 +25,10 @@ __all__ = [
     # checkpoints
     "load", "save", "bundled_models", "FORMATS",
     # guidance
-    "CLIPLoss", "Cutouts", "Prompt", "PixelImage", "FourierImage", "steer",
+    "CLIPLoss", "Cutouts", "Prompt", "parse_prompts", "PixelImage", "FourierImage", "steer", "StopSteering",
+    "generate_image", "edit_image",
+    # generators
+    "GENERATORS", "build_generator", "load_network", "has_bundled_generator",
     # text and images
     "Tokenizer", "Preprocess", "load_image", "save_image",
     # errors

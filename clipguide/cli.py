@@ -137,6 +137,18 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_train_generator(args) -> int:
+    from clipguide.generators.training import GeneratorTrainConfig, train_generator
+
+    fields = {"out_dir": args.out} if args.out else {}
+    if args.steps:
+        fields["steps"] = args.steps
+    cfg = GeneratorTrainConfig.from_args(args.family, args.set or [], **fields)
+    path = train_generator(cfg, resume=args.resume)
+    print(f"wrote {path} (model card {cfg.out_dir}/MODEL_CARD.md, samples {cfg.out_dir}/samples.png)")
+    return 0
+
+
 def cmd_eval(args) -> int:
     """Zero-shot on the world's held-out tasks, retrieval, and a linear probe: one JSON line each;
     or (`eval guided`) pictures steered for the held-out prompt suite, scored by a judge."""
@@ -146,6 +158,8 @@ def cmd_eval(args) -> int:
 
     if args.what == "guided":
         return _eval_guided(args)
+    if args.what == "edits":
+        return _eval_edits(args)
     model = _load(args)
     torch.manual_seed(0)
     tasks = args.task or ["colour_shape", "count", "relation", "scene", "retrieval", "linear_probe"]
@@ -176,7 +190,8 @@ def _eval_guided(args) -> int:
     else:
         prompts = world_prompt_suite()
     report, pictures = guided_eval(guide, judge, prompts, generator=args.generator, steps=args.steps, lr=args.lr,
-                                   cutouts=args.cutouts, size=args.size, seed=args.seed, tv=args.tv)
+                                   cutouts=args.cutouts, size=args.size, seed=args.seed, tv=args.tv,
+                                   generator_model=args.generator_model)
     for i, p in enumerate(report.prompts):
         print(json.dumps({"prompt": p, "guide_score": round(report.guide[i], 4),
                           "augmented_score": round(report.augmented[i], 4), "judge_correct": report.judge_correct[i],
@@ -189,6 +204,34 @@ def _eval_guided(args) -> int:
         from clipguide.world import contact_sheet
 
         contact_sheet(list(pictures), report.prompts, args.sheet)
+    return 0
+
+
+def _eval_edits(args) -> int:
+    import clipguide
+    from clipguide.guide.edit_study import edit_cases, edit_study
+
+    guide = _load(args)
+    judge = clipguide.load(args.judge, device=args.device)
+    cases = edit_cases(args.edits, seed=args.seed)
+    report, pictures = edit_study(guide, judge, cases, generator=args.generator, steps=args.steps, lr=args.lr,
+                                  cutouts=args.cutouts, preserve=args.preserve, seed=args.seed,
+                                  generator_model=args.generator_model)
+    for i, c in enumerate(cases):
+        print(json.dumps({"kind": c.kind, "source": c.source, "target": c.target, "masked": c.masked,
+                          "applied": report.applied[i], "applied_before_edit": report.applied_before[i],
+                          "kept_rmse": round(report.kept_rmse[i], 4), "kept_ssim": round(report.kept_ssim[i], 4)}),
+              flush=True)
+    print(json.dumps({"task": "edits", "guide": args.model, "judge": args.judge, "generator": args.generator,
+                      "steps": args.steps, "preserve": args.preserve, **report.summary()}), flush=True)
+    if args.sheet:
+        from clipguide.world import contact_sheet
+
+        tiles, captions = [], []
+        for c, out in zip(cases, pictures):
+            tiles += [c.image, out]
+            captions += [c.source, f"-> {c.target}"]
+        contact_sheet(tiles, captions, args.sheet, cols=10)
     return 0
 
 
@@ -322,15 +365,22 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Prints one JSON line per task. Tasks: colour_shape, count, relation, scene "
                        "(zero-shot on held-out compositions, with and without prompt ensembling), retrieval "
                        "(R@1/5/10 both ways) and linear_probe (logistic regression on frozen image features).")
-    p.add_argument("what", nargs="?", choices=["zero-shot", "guided"], default="zero-shot",
+    p.add_argument("what", nargs="?", choices=["zero-shot", "guided", "edits"], default="zero-shot",
                    help="zero-shot (default): the held-out tasks below; guided: steer one picture per prompt of "
-                   "the held-out suite with --model and score it with --judge and the world oracle")
+                   "the held-out suite with --model and score it with --judge and the world oracle; edits: edit "
+                   "rendered world pictures (colour, at night, gothic church) and report how often the judge "
+                   "sees the edit and how much of the rest stays (L2, SSIM)")
     p.add_argument("--model", default="default", help="model name or checkpoint path (default: bundled 'default'); "
                    "for 'guided' the guide")
     p.add_argument("--judge", default="judge", help="guided: the independent scoring model (default: bundled 'judge')")
     p.add_argument("--prompts", default=None, help="guided: a text file, one prompt per line (default: the world's "
                    "held-out suite, 52 prompts)")
-    p.add_argument("--generator", choices=["pixels", "fourier"], default="fourier", help="guided: parameterization")
+    p.add_argument("--generator", choices=["pixels", "fourier", "vqgan", "stylegan", "diffusion"], default="fourier",
+                   help="guided, edits: the generator steered (default fourier)")
+    p.add_argument("--generator-model", default=None,
+                   help="guided, edits: the generator's network (default: the bundled one of its family)")
+    p.add_argument("--edits", type=int, default=30, help="edits: pictures edited (default 30)")
+    p.add_argument("--preserve", type=float, default=1.0, help="edits: weight of staying near the original (default 1)")
     p.add_argument("--steps", type=int, default=100, help="guided: steps per picture (default 100)")
     p.add_argument("--lr", type=float, default=0.05, help="guided: learning rate (default 0.05)")
     p.add_argument("--cutouts", type=int, default=16, help="guided: augmented views per step (default 16)")
@@ -399,6 +449,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_load_args(p)
     p.set_defaults(func=cmd_edit)
 
+    p = sub.add_parser("train-generator", help="train a small world generator (vqgan, stylegan, diffusion) to steer",
+                       description="Train a VQGAN, StyleGAN2 or diffusers UNet on 64 px pictures of the procedural "
+                                   "world (or any training data source); resumable, exported in fp16 with a model card.")
+    p.add_argument("family", choices=["vqgan", "stylegan", "diffusion"], help="which generator family")
+    p.add_argument("--out", default=None, help="run folder (default runs/gen)")
+    p.add_argument("--steps", type=int, default=0, help="training steps (default 3000)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a setting (data, size, batch_size, lr, seed, save_every, arch.FIELD, ...); repeatable")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.set_defaults(func=cmd_train_generator)
+
+    p = sub.add_parser("app", help="start the web app (Gradio) on 127.0.0.1; `clipguide app --help` lists its options",
+                       add_help=False)
+    p.add_argument("app_args", nargs=argparse.REMAINDER, help="the app's own options (clipguide app --help)")
+    p.set_defaults(func=cmd_app)
+
     p = sub.add_parser("demo", help="run the end-to-end demo on the embedded default model")
     p.add_argument("--model", default=None, help="model name or path (default: the bundled 'default')")
     p.add_argument("--prompt", default="a gothic church", help="what to steer a picture of (default 'a gothic church')")
@@ -409,9 +475,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _app_module():
+    """apps/gradio_app.py of this source tree (the app lives beside the package, not inside it)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "apps" / "gradio_app.py"
+    if not path.is_file():
+        raise SystemExit("clipguide app: apps/gradio_app.py is not beside this installation; run it from a "
+                         "checkout of clipguide (pip install -e .) or `python apps/gradio_app.py`")
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise SystemExit("clipguide app needs gradio: pip install 'clipguide[app]'") from None
+    spec = importlib.util.spec_from_file_location("clipguide_gradio_app", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module                   # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def cmd_app(args) -> int:
+    return _app_module().main(args.app_args)
+
+
 def main(argv: list[str] | None = None) -> int:
     from clipguide.errors import ClipguideError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["app"]:                       # the app parses its own options (clipguide app --help)
+        return _app_module().main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

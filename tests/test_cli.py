@@ -64,15 +64,39 @@ def test_every_option_has_help():
                 assert action.help, f"{name} {action.dest} has no help text"
 
 
-def test_train_preset_is_a_valid_config():
+def test_app_options_have_help(capsys):
+    pytest.importorskip("gradio")
+    from clipguide.cli import _app_module
+
+    app = _app_module()
+    with pytest.raises(SystemExit) as e:
+        app.parse_args(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--host", "--port", "--share", "--out", "--model", "--max-steps", "--max-size", "--max-cutouts",
+                   "--max-upload-mb", "--concurrency", "--queue-size"):
+        assert option in text
+    config, args = app.parse_args(["--model", "mine=x.safetensors", "--max-steps", "50"])
+    assert config.models == {"mine": "x.safetensors"} and config.max_steps == 50 and args.host == "127.0.0.1"
+    assert not args.share
+    with pytest.raises(SystemExit):
+        app.parse_args(["--model", "no-equals-sign"])
+
+
+def test_train_presets_are_valid_configs():
     from clipguide.train.config import TrainConfig
 
-    cfg = TrainConfig.from_file("default")
-    assert cfg.model == "world-vit" and cfg.steps > 0
-    with torch.device("meta"):
-        model = clipguide.create_model(cfg.model, tokenizer=object())
-    assert model.num_parameters() <= 10_000_000          # the bundled guide model's budget
-    assert model.config.vision.image_size == 64
+    default, judge = TrainConfig.from_file("default"), TrainConfig.from_file("judge")
+    towers = []
+    for cfg in (default, judge):
+        assert cfg.steps > 0
+        with torch.device("meta"):
+            model = clipguide.create_model(cfg.model, tokenizer=object())
+        assert model.num_parameters() <= 10_000_000          # the bundled models' budget
+        assert model.config.vision.image_size == 64
+        towers.append(model.config.vision.is_resnet)
+    assert towers[0] != towers[1], "the judge has another kind of image tower than the guide"
+    assert default.seed != judge.seed and default.data != judge.data
 
 
 def test_world_sheet_and_export(tmp_path, capsys):

@@ -76,13 +76,14 @@ def test_edit_keeps_what_the_mask_protects(clip):
     image = _picture()
     mask = torch.zeros(32, 32)
     mask[:, :16] = 1                                     # only the left half may change
-    res = edit_image(clip, image, "a blue square", generator="pixels", mask=mask, preserve=50.0, steps=30,
-                     lr=0.1, cutouts=4, progress=False)
-    out = res.images
-    left = (out - image)[..., :16].abs().mean()
-    right = (out - image)[..., 16:].abs().mean()
-    assert left > 3 * right and right < 0.02
-    assert res.provenance["edit"] and res.provenance["masked"]
+    for name in ("pixels", "fourier"):                   # a local latent and a global one
+        seen = []
+        res = edit_image(clip, image, "a blue square", generator=name, mask=mask, preserve=0.5, steps=30,
+                         lr=0.1, cutouts=4, progress=False, frame_every=10, callback=lambda i: seen.append(i.images))
+        for out in [res.images, res.last_images, *res.frames, *seen]:
+            assert (out - image)[..., 16:].abs().max() < 1e-6, name          # nothing outside the mask moves
+        assert (res.images - image)[..., :16].abs().mean() > 0.01, name
+        assert res.provenance["edit"] and res.provenance["masked"]
 
 
 def test_directional_edit_and_generators_with_latents(clip, files):

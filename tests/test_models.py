@@ -136,6 +136,22 @@ class TestWorldViT(EncoderBattery):
     arch = "world-vit"
 
 
+class TestWorldViTConvStem(EncoderBattery):
+    arch = "world-vitc"                     # a ViT whose patches come from a stack of 3x3 convolutions
+
+
+def test_conv_stem_replaces_the_patch_convolution():
+    cfg = get_config("world-vitc")
+    assert cfg.vision.stem == "conv" and cfg.vision.patch_size == 8
+    model = build_model("world-vitc")
+    keys = list(model.state_dict())
+    assert not any(k.startswith("visual.conv1.") for k in keys)
+    convs = [m for m in model.visual.stem if isinstance(m, torch.nn.Conv2d)]
+    assert [c.stride for c in convs] == [(2, 2)] * 3 + [(1, 1)]           # log2(8) halvings, then a 1x1
+    x = torch.rand(2, 3, 64, 64)
+    assert model.visual.stem(x).shape == (2, cfg.vision.width, 8, 8)
+
+
 # --- configs and registry ----------------------------------------------------------------------------
 def test_registry_lists_required_architectures():
     names = list_models()
@@ -156,6 +172,8 @@ def test_unknown_architecture_lists_valid_names():
     ({"embed_dim": "512"}, "must be"),
     ({"vision": {"image_size": 30, "patch_size": 8}}, "multiple of patch_size"),
     ({"vision": {"layers": [1, 2, 3]}}, "4 stage"),
+    ({"vision": {"image_size": 32, "patch_size": 8, "width": 64, "head_width": 16, "stem": "mlp"}}, "vision.stem"),
+    ({"vision": {"image_size": 36, "patch_size": 6, "width": 64, "head_width": 16, "stem": "conv"}}, "power-of-two"),
 ])
 def test_config_errors(bad, match):
     with pytest.raises(ConfigError, match=match):

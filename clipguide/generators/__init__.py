@@ -40,6 +40,13 @@ def _resolve(family: str, model: Any) -> Any:
     return path
 
 
+def has_bundled_generator(family: str) -> bool:
+    """Whether this installation carries a trained network for `family` (pixels, Fourier: none needed)."""
+    if family not in GENERATORS:
+        raise InputError(f"generator {family!r} is not one of {sorted(GENERATORS)}")
+    return family not in BUNDLED or (ASSETS / BUNDLED[family]).exists()
+
+
 def load_network(name: str, model: Any = None, **options) -> Any:
     """The frozen network of family `name` (None for pixels and Fourier), loaded once so that many
     generators can share it: `model` is a path, a loaded network, or None for the bundled one."""

@@ -5,9 +5,11 @@ not change close to the original.
     result = edit_image(clip, image, "a church at night", source="a church at day")
     result.save("night.png")
 
-Preservation has two terms: pixels outside the mask stay near the original (squared distance,
-weight `preserve`), and the latent stays near the image's own latent (weight `latent_weight`,
-for generators that have one). The mask (1 = may change) limits the edit to a region.
+Preservation: the pixels stay near the original (squared distance, weight `preserve`), and the
+latent stays near the image's own latent (weight `latent_weight`, for generators that have one).
+A mask (1 = may change, soft values blend) limits the edit to a region: every picture the loss sees,
+and the result, is the generated picture inside the mask over the original outside it, so nothing
+outside the mask changes, whatever the generator.
 """
 from __future__ import annotations
 
@@ -32,14 +34,32 @@ def _fit_size(generator: str, image: torch.Tensor, size: int | None, network) ->
     return working_size(generator, network, (h, w))
 
 
+class _Masked:
+    """A loss of the composite mask * images + (1 - mask) * original; keeps the wrapped loss's
+    prompts and models visible for the provenance."""
+
+    def __init__(self, loss_fn, original: torch.Tensor, mask: torch.Tensor):
+        self.loss_fn, self.original, self.mask = loss_fn, original, mask
+        for name in ("prompts", "members", "loss_form"):
+            setattr(self, name, getattr(loss_fn, name, None))
+
+    def composite(self, images: torch.Tensor) -> torch.Tensor:
+        m = self.mask.to(images)
+        return m * images + (1 - m) * self.original.to(images)
+
+    def __call__(self, images, generator=None):
+        return self.loss_fn(self.composite(images), generator=generator)
+
+
 def edit_image(model, image: torch.Tensor, prompt, *, source: str | None = None, generator: str = "fourier",
                mask: torch.Tensor | None = None, preserve: float = 1.0, latent_weight: float = 0.0,
                steps: int = 100, lr: float = 0.05, cutouts: int = 16, seed: int = 0, size: int | None = None,
                strength: float = 0.6, network=None, generator_model=None, generator_options: dict | None = None,
-               progress: bool = True, frame_every: int = 0):
+               progress: bool = True, frame_every: int = 0, callback=None, callback_every: int = 1):
     """Edit `image` (1, 3, H, W) in [0, 1] toward `prompt` with guide `model`. With `source` (what the
     image shows now) the loss is directional. `strength` is how far a diffusion edit re-noises the
-    image (0-1). Returns a SteerResult whose provenance records the edit."""
+    image (0-1). `callback(StepInfo)` runs every `callback_every` steps. Returns a SteerResult whose
+    provenance records the edit."""
     from ..generators import build_generator, load_network
     from .augment import Cutouts
     from .loss import CLIPLoss
@@ -55,7 +75,7 @@ def edit_image(model, image: torch.Tensor, prompt, *, source: str | None = None,
     hw = _fit_size(generator, image, size, network)
     target = F.interpolate(image, size=hw, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1) \
         if tuple(image.shape[-2:]) != tuple(hw) else image
-    keep = None
+    region = None
     if mask is not None:
         m = mask.float()
         if m.dim() == 2:
@@ -67,8 +87,8 @@ def edit_image(model, image: torch.Tensor, prompt, *, source: str | None = None,
         m = m[:, :1]
         if m.max() > 1 or m.min() < 0:
             raise InputError("mask values must be in [0, 1] (1 = may change)")
-        keep = 1 - F.interpolate(m, size=hw, mode="bilinear", align_corners=False)
-        if keep.min() > 0.999:
+        region = F.interpolate(m, size=hw, mode="bilinear", align_corners=False)
+        if region.max() < 1e-3:
             raise InputError("the mask is empty: nothing may change (white marks the region to edit)")
     options = dict(generator_options or {})
     gen = build_generator(generator, size=hw, seed=seed, init=target,
@@ -79,8 +99,23 @@ def edit_image(model, image: torch.Tensor, prompt, *, source: str | None = None,
     kind = "directional" if source else "spherical"
     loss = CLIPLoss(model, prompt, loss=kind, source_text=source, source_image=target if source else None,
                     cutouts=Cutouts(size=clip_size, n=cutouts, min_size=0.5, noise=0.05))
-    regs = [(lambda x: l2_to(x, target, keep), preserve)] if preserve else []
+    if region is not None:
+        loss = _Masked(loss, target, region)
+    regs = [(lambda x: l2_to(x if region is None else loss.composite(x), target), preserve)] if preserve else []
     settings = {"edit": True, "source": source, "generator": generator, "size": list(hw), "preserve": preserve,
                 "latent_weight": latent_weight, "masked": mask is not None, "cutouts": cutouts}
-    return gen.run(loss, steps=steps, lr=lr, seed=seed, regularisers=regs, latent_weight=latent_weight,
-                   strength=strength, progress=progress, frame_every=frame_every, settings=settings)
+    if region is not None and callback is not None:
+        user_callback = callback
+
+        def callback(info):
+            info.images = loss.composite(info.images)
+            return user_callback(info)
+    result = gen.run(loss, steps=steps, lr=lr, seed=seed, regularisers=regs, latent_weight=latent_weight,
+                     strength=strength, progress=progress, frame_every=frame_every, settings=settings,
+                     **({"callback": callback, "callback_every": callback_every} if callback is not None else {}))
+    if region is not None:
+        with torch.no_grad():
+            result.images = loss.composite(result.images)
+            result.last_images = loss.composite(result.last_images)
+            result.frames = [loss.composite(f) for f in result.frames]
+    return result

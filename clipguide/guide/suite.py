@@ -58,13 +58,17 @@ def world_prompt_suite(kinds: Sequence[str] = KINDS, count_colours: int = 2) -> 
 def guided_image(model, prompt: str, *, generator: str = "fourier", size: int | None = None,
                  steps: int = 100, lr: float = 0.05, cutouts: int = 16, seed: int = 0, tv: float = 0.0,
                  frame_every: int = 0, progress: bool = True, network=None, generator_model=None,
-                 generator_options: dict | None = None, init: torch.Tensor | None = None):
-    """One picture for `prompt`: a generator of family `generator` (pixels, fourier, vqgan, stylegan,
-    diffusion; its network `network` or loaded from `generator_model`) steered by CLIPLoss with
-    `model`. Returns the SteerResult (image, losses, provenance)."""
+                 generator_options: dict | None = None, init: torch.Tensor | None = None,
+                 callback=None, callback_every: int = 1):
+    """One picture for `prompt` (weighted and negative parts allowed: "a gothic church:1 | blurry:-0.5"):
+    a generator of family `generator` (pixels, fourier, vqgan, stylegan, diffusion; its network
+    `network` or loaded from `generator_model`) steered by CLIPLoss with `model`. `callback(StepInfo)`
+    runs every `callback_every` steps (raise StopSteering there to end early, keeping the best
+    picture). Returns the SteerResult (image, losses, provenance)."""
     gen, size = _generator(model, generator, size, seed, network, generator_model, generator_options, init)
     return _steer_prompt(gen, model, prompt, generator=generator, size=size, steps=steps, lr=lr, cutouts=cutouts,
-                         seed=seed, tv=tv, frame_every=frame_every, progress=progress)
+                         seed=seed, tv=tv, frame_every=frame_every, progress=progress, callback=callback,
+                         callback_every=callback_every)
 
 
 def _generator(model, generator: str, size, seed: int, network=None, generator_model=None,
@@ -82,7 +86,7 @@ def _generator(model, generator: str, size, seed: int, network=None, generator_m
 
 
 def _steer_prompt(gen, model, prompt: str, *, generator: str, size, steps: int, lr: float, cutouts: int, seed: int,
-                  tv: float, frame_every: int = 0, progress: bool = True):
+                  tv: float, frame_every: int = 0, progress: bool = True, callback=None, callback_every: int = 1):
     from .augment import Cutouts
     from .loss import CLIPLoss
     from .regularisers import total_variation
@@ -91,7 +95,8 @@ def _steer_prompt(gen, model, prompt: str, *, generator: str, size, steps: int, 
                                                    min_size=0.5, noise=0.05))
     return gen.run(loss, steps=steps, lr=lr, seed=seed,
                    regularisers=[(total_variation, tv)] if tv else (), frame_every=frame_every,
-                   progress=progress, settings={"generator": generator, "size": size, "cutouts": cutouts})
+                   progress=progress, settings={"generator": generator, "size": size, "cutouts": cutouts},
+                   **({"callback": callback, "callback_every": callback_every} if callback is not None else {}))
 
 
 def guided_eval(guide, judge, prompts: Sequence[str] | None = None, *, generator: str = "fourier",

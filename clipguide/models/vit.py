@@ -8,6 +8,23 @@ from .config import CLIPConfig
 from .layers import LayerNorm, Transformer, init_positions
 
 
+class ConvStem(nn.Sequential):
+    """Patchify with a stack of 3x3 stride-2 convolutions (BatchNorm, ReLU) that halve the side
+    log2(patch) times, widths doubling up to width / 2, then a 1x1 projection to the token width:
+    the convolutional stem that makes a small ViT train faster and more stably than one strided
+    patch convolution. (B, 3, S, S) -> (B, width, S / patch, S / patch)."""
+
+    def __init__(self, width: int, patch_size: int):
+        depth = patch_size.bit_length() - 1
+        widths = [3] + [max(8, width >> (depth - i)) for i in range(depth)]
+        layers: list[nn.Module] = []
+        for cin, cout in zip(widths, widths[1:]):
+            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout),
+                       nn.ReLU(inplace=True)]
+        layers.append(nn.Conv2d(widths[-1], width, 1))
+        super().__init__(*layers)
+
+
 class VisionTransformer(nn.Module):
     def __init__(self, cfg: CLIPConfig):
         super().__init__()
@@ -15,7 +32,10 @@ class VisionTransformer(nn.Module):
         self.image_size, self.patch_size = v.image_size, v.patch_size
         grid = v.image_size // v.patch_size
         scale = v.width ** -0.5
-        self.conv1 = nn.Conv2d(3, v.width, kernel_size=v.patch_size, stride=v.patch_size, bias=False)
+        if v.stem == "conv":
+            self.stem = ConvStem(v.width, v.patch_size)
+        else:
+            self.conv1 = nn.Conv2d(3, v.width, kernel_size=v.patch_size, stride=v.patch_size, bias=False)
         self.class_embedding = nn.Parameter(scale * torch.randn(v.width))
         self.positional_embedding = nn.Parameter(scale * torch.randn(grid * grid + 1, v.width))
         self.ln_pre = LayerNorm(v.width, eps=cfg.layer_norm_eps)
@@ -29,7 +49,7 @@ class VisionTransformer(nn.Module):
         init_positions(self.positional_embedding, self.image_size // self.patch_size, kind)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:                  # (B, 3, S, S) -> (B, E)
-        x = self.conv1(x)                                                  # (B, D, g, g)
+        x = self.stem(x) if hasattr(self, "stem") else self.conv1(x)       # (B, D, g, g)
         x = x.flatten(2).transpose(1, 2)                                   # (B, g*g, D)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)   # (B, 1, D)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)

@@ -19,6 +19,7 @@ class TrainConfig:
     arch: dict[str, Any] = field(default_factory=dict)   # overrides of the architecture, e.g. {"vision.width": 192}
     data: str = "world"               # data source spec, see clipguide.train.data.open_source
     pos_init: str = "random"          # image position embedding init: random | sincos (2-D sine-cosine)
+    noise_aug: float = 0.0            # half the images get Gaussian noise of std up to this (smoother guide gradients)
     hard_negatives: bool = False      # add each sample's minimal-edit caption as an extra negative (world data)
     tokenizer: str = "auto"           # auto | train | openai | model  (auto: the checkpoint's, else train one)
     vocab_size: int = 1024            # when a tokenizer is trained from the data's captions
@@ -50,6 +51,8 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         if self.precision not in ("bf16", "fp32"):
             raise ConfigError(f"precision {self.precision!r} must be bf16 or fp32")
+        if not 0.0 <= self.noise_aug <= 1.0:
+            raise ConfigError(f"noise_aug {self.noise_aug} must lie in [0, 1]")
         if self.pos_init not in ("random", "sincos"):
             raise ConfigError(f"pos_init {self.pos_init!r} must be random or sincos")
         if self.tokenizer not in ("auto", "train", "openai", "model"):

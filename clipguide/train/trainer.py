@@ -15,13 +15,13 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.distributed as dist
 
 from .. import checkpoints
-from ..atomic import atomic_path
+from ..atomic import atomic_torch_save, atomic_write_text
 from ..errors import CheckpointError, ConfigError
 from ..models import CLIP, get_config
 from ..version import __version__
@@ -78,19 +78,6 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
             continue
         (decay if p.ndim >= 2 and "embedding" not in name else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-# ---------------------------------------------------------------------------------------------------
-# atomic files
-# ---------------------------------------------------------------------------------------------------
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -232,12 +219,27 @@ class Trainer:
 
     # --- one step --------------------------------------------------------------------------------
     def _features(self, images: torch.Tensor, tokens: torch.Tensor, negatives: torch.Tensor | None):
-        x = self.model.preprocess.normalize(images.to(self.device, torch.float32) / 255.0)
+        x = self.model.preprocess.normalize(images.to(self.device))
         img = self.model.encode_image(x, normalize=True)
         if negatives is None:
             return img, self.model.encode_text(tokens, normalize=True), None
         txt = self.model.encode_text(torch.cat([tokens, negatives]), normalize=True)   # one pass for both
         return img, txt[:len(tokens)], txt[len(tokens):]
+
+    def _augment(self, images: torch.Tensor, step: int) -> torch.Tensor:
+        """Noise augmentation (noise_aug > 0): every other sample of the global batch gets Gaussian
+        noise of a std drawn up to noise_aug. Drawn from (seed, step) for the whole global batch and
+        sliced per rank, so resumed and multi-process runs see exactly the same noise."""
+        if self.cfg.noise_aug <= 0:
+            return images
+        n, rest = images.shape[0], images.shape[1:]
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
+        total = n * self.world
+        std = torch.rand(total, generator=g) * self.cfg.noise_aug
+        std[1::2] = 0.0
+        noise = torch.randn(total, *rest, generator=g) * std.view(-1, 1, 1, 1)
+        lo = self.rank * n
+        return (images + noise[lo:lo + n]).clamp(0, 1)
 
     def _loss(self, img, txt, neg) -> torch.Tensor:
         neg = gather_features(neg) if neg is not None else None
@@ -245,6 +247,7 @@ class Trainer:
 
     def train_step(self, step: int) -> float:
         images, captions = self.stream.batch(step)                      # this rank's slice (uint8)
+        images = self._augment(images.float() / 255.0, step)
         tokens = self.model.tokenize(captions, truncate=True)
         negatives = None
         if self.cfg.hard_negatives:

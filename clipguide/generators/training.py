@@ -1,0 +1,485 @@
+"""Training the world generators: a small VQGAN (autoencoder with a codebook), a small StyleGAN2
+(generator against a residual discriminator) and a small diffusers UNet (DDPM noise prediction), on
+pictures from any training data source (the procedural world by default).
+
+    clipguide train-generator diffusion --steps 3000 --out runs/gen-diffusion
+    clipguide train-generator vqgan --set batch_size=16 --resume --out runs/gen-vqgan
+
+Every run logs metrics.jsonl, saves an atomic checkpoint every `save_every` steps (a killed run
+resumes where it stopped), and ends with the network exported in the format the generator adapters
+load (fp16), a model card and a contact sheet of unguided samples."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from ..typedconfig import check_fields
+from ..version import __version__
+
+FAMILIES = ("vqgan", "stylegan", "diffusion")
+
+# the architectures bundled with clipguide (64 px world pictures); `arch` overrides any field
+ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "vqgan": {"embed_dim": 32, "n_embed": 512, "ch": 64, "ch_mult": [1, 2, 2], "num_res_blocks": 1,
+              "attn_resolutions": [16], "z_channels": 32},
+    "stylegan": {"style_dim": 128, "n_mlp": 4, "channel_max": 128, "channel_multiplier": 1, "d_channels": 64},
+    "diffusion": {"block_out_channels": [32, 64, 64], "layers_per_block": 1, "train_timesteps": 1000,
+                  "attention": True, "norm_num_groups": 8},
+}
+DEFAULTS = {"vqgan": {"lr": 4e-4, "batch_size": 32}, "stylegan": {"lr": 2e-3, "batch_size": 32},
+            "diffusion": {"lr": 5e-4, "batch_size": 32}}
+
+
+@dataclass
+class GeneratorTrainConfig:
+    family: str = "diffusion"
+    data: str = "world:seed=2"                   # any clipguide training data source (captions are unused)
+    size: int = 64
+    arch: dict[str, Any] = field(default_factory=dict)
+    steps: int = 3000
+    batch_size: int = 0                          # 0: the family's default
+    lr: float = 0.0                              # 0: the family's default
+    warmup: int = 100
+    seed: int = 0
+    out_dir: str = "runs/gen"
+    save_every: int = 200
+    log_every: int = 10
+    sample_every: int = 0                        # 0: a sample sheet only at the end
+    threads: int = 0
+    model_card: str = ""
+
+    def validate(self) -> "GeneratorTrainConfig":
+        if self.family not in FAMILIES:
+            raise ConfigError(f"family {self.family!r} is not one of {FAMILIES}")
+        unknown = sorted(set(self.arch) - set(ARCHITECTURES[self.family]))
+        if unknown:
+            raise ConfigError(f"arch keys {unknown} are not {self.family} settings; they are "
+                              f"{sorted(ARCHITECTURES[self.family])}")
+        for name in ("steps", "save_every", "log_every", "size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.size & (self.size - 1):
+            raise ConfigError(f"size must be a power of two, got {self.size}")
+        self.batch_size = self.batch_size or DEFAULTS[self.family]["batch_size"]
+        self.lr = self.lr or DEFAULTS[self.family]["lr"]
+        return self
+
+    @property
+    def architecture(self) -> dict[str, Any]:
+        return {**ARCHITECTURES[self.family], **self.arch}
+
+    @classmethod
+    def from_args(cls, family: str, overrides: list[str] = (), **fields) -> "GeneratorTrainConfig":
+        data: dict[str, Any] = {"family": family, **fields}
+        for item in overrides:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ConfigError(f"--set takes key=value, got {item!r}")
+            try:
+                parsed = json.loads(value)
+            except json.JSONDecodeError:
+                parsed = value
+            if key.startswith("arch."):
+                data.setdefault("arch", {})[key[5:]] = parsed
+            else:
+                data[key] = parsed
+        return cls(**check_fields(cls, data, "generator training config")).validate()
+
+
+# --------------------------------------------------------------------------------------------- families
+class _Family:
+    """What differs between families: the networks, one training step, sampling, and the export."""
+
+    nets: dict[str, nn.Module]
+    optims: dict[str, torch.optim.Optimizer]
+
+    def state(self) -> dict[str, Any]:
+        return {"nets": {k: v.state_dict() for k, v in self.nets.items()},
+                "optims": {k: v.state_dict() for k, v in self.optims.items()}}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        for k, v in state["nets"].items():
+            self.nets[k].load_state_dict(v)
+        for k, v in state["optims"].items():
+            self.optims[k].load_state_dict(v)
+
+    def set_lr(self, lr: float) -> None:
+        for opt in self.optims.values():
+            for g in opt.param_groups:
+                g["lr"] = lr * g.get("lr_scale", 1.0)
+
+
+class _VQGAN(_Family):
+    """Autoencoder through a codebook: L1 + L2 reconstruction, codebook and commitment losses
+    (VQ-VAE), codes that fall unused are restarted on encoder outputs."""
+
+    def __init__(self, cfg: GeneratorTrainConfig, g: torch.Generator):
+        from .vqgan import VQGAN, DDConfig, VQGANConfig
+
+        a = cfg.architecture
+        dd = DDConfig(ch=a["ch"], ch_mult=tuple(a["ch_mult"]), num_res_blocks=a["num_res_blocks"],
+                      attn_resolutions=tuple(a["attn_resolutions"]), resolution=cfg.size, z_channels=a["z_channels"])
+        self.net = VQGAN(VQGANConfig(embed_dim=a["embed_dim"], n_embed=a["n_embed"], ddconfig=dd))
+        self.nets = {"vqgan": self.net}
+        self.optims = {"vqgan": torch.optim.Adam(self.net.parameters(), lr=cfg.lr, betas=(0.5, 0.9))}
+        self.usage = torch.zeros(a["n_embed"])
+        self.g = g
+
+    def step(self, x: torch.Tensor, step: int) -> dict[str, float]:
+        net, opt = self.net, self.optims["vqgan"]
+        z = net.encode(x)                                                    # (B, D, h, w)
+        idx = net.codes(z)
+        z_q = net.quantize.lookup(idx)
+        codebook = F.mse_loss(z_q, z.detach())
+        commit = F.mse_loss(z, z_q.detach())
+        rec = net.decode(z + (z_q - z).detach())
+        l1, l2 = (rec - x).abs().mean(), F.mse_loss(rec, x)
+        loss = l1 + l2 + codebook + 0.25 * commit
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            self.usage.mul_(0.99).add_(torch.bincount(idx.flatten(), minlength=self.usage.numel()).float())
+            if step % 50 == 49:
+                self._restart_dead(z)
+        used = int((self.usage > 0.5).sum())
+        return {"loss": loss.item(), "l1": l1.item(), "codebook": codebook.item(), "codes_used": used}
+
+    def _restart_dead(self, z: torch.Tensor) -> None:
+        dead = (self.usage < 0.03).nonzero().flatten()
+        if dead.numel() == 0:
+            return
+        feats = z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+        pick = torch.randint(0, feats.shape[0], (dead.numel(),), generator=self.g)
+        self.net.quantize.embedding.weight.data[dead] = feats[pick] + 0.01 * torch.randn(
+            dead.numel(), feats.shape[1], generator=self.g)
+        self.usage[dead] = 1.0
+
+    @torch.no_grad()
+    def samples(self, x: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
+        """Reconstructions of real pictures (first half) and decodings of random codes (second half)."""
+        self.net.eval()
+        k = n // 2
+        rec = self.net(x[:k])
+        h = x.shape[-1] // self.net.factor
+        codes = torch.randint(0, self.net.config.n_embed, (n - k, h, h), generator=g)
+        rand = self.net.decode(self.net.quantize.lookup(codes))
+        self.net.train()
+        return torch.cat([rec, rand]).clamp(-1, 1)
+
+    def export(self, out: Path, metadata: dict[str, str]) -> Path:
+        from .vqgan import save_vqgan
+
+        return save_vqgan(self.net, out / "world-vqgan.safetensors", dtype=torch.float16, metadata=metadata)
+
+
+class _Discriminator(nn.Module):
+    """Residual discriminator: halving blocks from the image size down to 4 px, minibatch standard
+    deviation, then a linear head."""
+
+    def __init__(self, size: int, ch: int):
+        super().__init__()
+        self.stem = nn.Conv2d(3, ch, 3, padding=1)
+        blocks, c = [], ch
+        res = size
+        while res > 4:
+            c2 = min(c * 2, ch * 4)
+            blocks.append(nn.ModuleDict({"conv1": nn.Conv2d(c, c, 3, padding=1), "conv2": nn.Conv2d(c, c2, 3, padding=1),
+                                         "skip": nn.Conv2d(c, c2, 1, bias=False)}))
+            c, res = c2, res // 2
+        self.blocks = nn.ModuleList(blocks)
+        self.final = nn.Conv2d(c + 1, c, 3, padding=1)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(c * 16, c), nn.LeakyReLU(0.2), nn.Linear(c, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.leaky_relu(self.stem(x), 0.2)
+        for b in self.blocks:
+            y = F.leaky_relu(b["conv1"](h), 0.2)
+            y = F.avg_pool2d(F.leaky_relu(b["conv2"](y), 0.2), 2)
+            h = (y + F.avg_pool2d(b["skip"](h), 2)) / math.sqrt(2)
+        std = h.std(dim=0, unbiased=False).mean().expand(h.shape[0], 1, *h.shape[2:])
+        h = F.leaky_relu(self.final(torch.cat([h, std], dim=1)), 0.2)
+        return self.head(h).squeeze(1)
+
+
+class _StyleGAN(_Family):
+    """Non-saturating logistic GAN loss, lazy R1 penalty on real pictures, an exponential moving
+    average of the generator (what is exported, as `g_ema`), and the average w for truncation."""
+
+    R1_EVERY, R1_GAMMA, EMA = 8, 1.0, 0.999
+
+    def __init__(self, cfg: GeneratorTrainConfig, g: torch.Generator):
+        import copy
+
+        from .stylegan import StyleGAN2Config, StyleGAN2Generator
+
+        a = cfg.architecture
+        self.config = StyleGAN2Config(size=cfg.size, style_dim=a["style_dim"], n_mlp=a["n_mlp"],
+                                      channel_max=a["channel_max"], channel_multiplier=a["channel_multiplier"])
+        self.gen = StyleGAN2Generator(self.config, generator=g)
+        self.ema = copy.deepcopy(self.gen).requires_grad_(False)
+        self.disc = _Discriminator(cfg.size, a["d_channels"])
+        self.nets = {"gen": self.gen, "ema": self.ema, "disc": self.disc}
+        r1_ratio = self.R1_EVERY / (self.R1_EVERY + 1)
+        self.optims = {"gen": torch.optim.Adam(self.gen.parameters(), lr=cfg.lr, betas=(0.0, 0.99)),
+                       "disc": torch.optim.Adam(self.disc.parameters(), lr=cfg.lr * r1_ratio,
+                                                betas=(0.0, 0.99 ** r1_ratio))}
+        self.optims["disc"].param_groups[0]["lr_scale"] = r1_ratio
+        self.g = g
+
+    def _fake(self, n: int) -> torch.Tensor:
+        z = torch.randn(n, self.config.style_dim, generator=self.g)
+        return self.gen(z, noise="random", generator=self.g)
+
+    def step(self, x: torch.Tensor, step: int) -> dict[str, float]:
+        n = x.shape[0]
+        # discriminator
+        self.disc.requires_grad_(True)
+        with torch.no_grad():
+            fake = self._fake(n)
+        d_loss = F.softplus(self.disc(fake)).mean() + F.softplus(-self.disc(x)).mean()
+        opt = self.optims["disc"]
+        opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        r1 = torch.zeros(())
+        if step % self.R1_EVERY == 0:
+            real = x.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.disc(real).sum(), real, create_graph=True)
+            r1 = grad.pow(2).flatten(1).sum(1).mean()
+            (self.R1_GAMMA / 2 * r1 * self.R1_EVERY).backward()
+        opt.step()
+        # generator
+        self.disc.requires_grad_(False)
+        g_loss = F.softplus(-self.disc(self._fake(n))).mean()
+        opt = self.optims["gen"]
+        opt.zero_grad(set_to_none=True)
+        g_loss.backward()
+        opt.step()
+        with torch.no_grad():
+            for pe, p in zip(self.ema.parameters(), self.gen.parameters()):
+                pe.lerp_(p, 1 - self.EMA)
+            for be, b in zip(self.ema.buffers(), self.gen.buffers()):
+                be.copy_(b)
+        return {"loss": g_loss.item(), "d_loss": d_loss.item(), "r1": r1.item()}
+
+    @torch.no_grad()
+    def samples(self, x: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
+        z = torch.randn(n, self.config.style_dim, generator=g)
+        return self.ema(z).clamp(-1, 1)
+
+    def export(self, out: Path, metadata: dict[str, str]) -> Path:
+        from .stylegan import save_stylegan
+
+        with torch.no_grad():
+            z = torch.randn(4096, self.config.style_dim, generator=torch.Generator().manual_seed(0))
+            self.ema.latent_avg = self.ema.mapping(z).mean(0)
+        return save_stylegan(self.ema, out / "world-stylegan.safetensors", dtype=torch.float16, metadata=metadata)
+
+
+class _Diffusion(_Family):
+    """A diffusers UNet2DModel predicting the noise (DDPM, linear betas, `train_timesteps` steps),
+    trained with the plain mean squared error."""
+
+    def __init__(self, cfg: GeneratorTrainConfig, g: torch.Generator):
+        from .diffusion import _diffusers
+
+        d = _diffusers()
+        a = cfg.architecture
+        chans = tuple(a["block_out_channels"])
+        down = ["DownBlock2D"] * len(chans)
+        up = ["UpBlock2D"] * len(chans)
+        if a["attention"]:
+            down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
+        torch.manual_seed(cfg.seed)                    # diffusers initialises with the global generator
+        self.unet = d.UNet2DModel(sample_size=cfg.size, in_channels=3, out_channels=3, block_out_channels=chans,
+                                  layers_per_block=a["layers_per_block"], down_block_types=tuple(down),
+                                  up_block_types=tuple(up), norm_num_groups=a["norm_num_groups"])
+        self.scheduler = d.DDPMScheduler(num_train_timesteps=a["train_timesteps"], beta_schedule="linear",
+                                         prediction_type="epsilon", clip_sample=True)
+        self.nets = {"unet": self.unet}
+        self.optims = {"unet": torch.optim.AdamW(self.unet.parameters(), lr=cfg.lr, weight_decay=0.0)}
+        self.g = g
+
+    def step(self, x: torch.Tensor, step: int) -> dict[str, float]:
+        n = x.shape[0]
+        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (n,), generator=self.g)
+        noise = torch.randn(x.shape, generator=self.g)
+        noisy = self.scheduler.add_noise(x, noise, t)
+        loss = F.mse_loss(self.unet(noisy, t).sample, noise)
+        opt = self.optims["unet"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.unet.parameters(), 1.0)
+        opt.step()
+        return {"loss": loss.item()}
+
+    @torch.no_grad()
+    def samples(self, x: torch.Tensor, n: int, g: torch.Generator, steps: int = 50) -> torch.Tensor:
+        from .diffusion import DiffusionModel, ddim_sample
+
+        self.unet.eval()
+        model = DiffusionModel(unet=self.unet, scheduler=self.scheduler)
+        noise = torch.randn(n, 3, x.shape[-2], x.shape[-1], generator=g)
+        out = ddim_sample(model, noise, steps)
+        self.unet.train()
+        return out.clamp(-1, 1)
+
+    def export(self, out: Path, metadata: dict[str, str]) -> Path:
+        """A diffusers pipeline directory (model_index.json, unet/, scheduler/), weights in fp16."""
+        import copy
+
+        from ..atomic import atomic_write_text
+
+        root = out / "world-diffusion"
+        root.mkdir(parents=True, exist_ok=True)
+        unet = copy.deepcopy(self.unet).to(torch.float16)
+        unet.save_pretrained(root / "unet", safe_serialization=True)
+        self.scheduler.save_pretrained(root / "scheduler")
+        index = {"_class_name": "DDPMPipeline", "_diffusers_version": _diffusers_version(),
+                 "unet": ["diffusers", "UNet2DModel"], "scheduler": ["diffusers", "DDPMScheduler"]}
+        atomic_write_text(root / "model_index.json", json.dumps(index, indent=2))
+        atomic_write_text(root / "clipguide.json", json.dumps({"clipguide_version": __version__, **metadata}, indent=2))
+        return root
+
+
+def _diffusers_version() -> str:
+    import diffusers
+
+    return diffusers.__version__
+
+
+_FAMILIES = {"vqgan": _VQGAN, "stylegan": _StyleGAN, "diffusion": _Diffusion}
+
+
+# ------------------------------------------------------------------------------------------------ loop
+def _lr_at(cfg: GeneratorTrainConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def train_generator(cfg: GeneratorTrainConfig, progress: bool = True, resume: bool = False,
+                    source=None) -> Path:
+    """Train one world generator as `cfg` says; returns the exported network's path."""
+    from ..atomic import atomic_torch_save, atomic_write_text
+    from ..train.data import BatchStream, open_source
+
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out_dir)
+    ckpt = out / "checkpoint.pt"
+    if ckpt.exists() and not resume:
+        raise ConfigError(f"{out} already holds a checkpoint: pass --resume to continue that run, or choose "
+                          "another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed)
+    family = _FAMILIES[cfg.family](cfg, g)
+    stream = BatchStream(source if source is not None else open_source(cfg.data), cfg.batch_size, cfg.size, cfg.seed)
+    start, seconds = 0, 0.0
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        if state["config"] != asdict(cfg):
+            raise ConfigError(f"{ckpt} was written with another configuration; resume with the same settings")
+        family.load_state(state["family"])
+        g.set_state(state["generator"])
+        torch.set_rng_state(state["rng"])
+        start, seconds = state["step"], state["seconds"]
+    atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=2))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.family}", unit="step", dynamic_ncols=True)
+    log = open(out / "metrics.jsonl", "a")
+    t0 = time.perf_counter()
+    for step in range(start, cfg.steps):
+        images, _ = stream.batch(step)
+        x = images.float() / 127.5 - 1.0                                  # [-1, 1]
+        family.set_lr(_lr_at(cfg, step))
+        metrics = family.step(x, step)
+        if step % cfg.log_every == 0 or step == cfg.steps - 1:
+            record = {"step": step, **{k: round(v, 5) if isinstance(v, float) else v for k, v in metrics.items()},
+                      "lr": _lr_at(cfg, step), "train_seconds": round(seconds + time.perf_counter() - t0, 1)}
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+            state = {"family": family.state(), "step": step + 1, "config": asdict(cfg), "generator": g.get_state(),
+                     "rng": torch.get_rng_state(), "seconds": seconds + time.perf_counter() - t0}
+            atomic_torch_save(state, ckpt)
+        if cfg.sample_every and (step + 1) % cfg.sample_every == 0:
+            _sheet(family, x, out / f"samples-{step + 1:06d}.png")
+    log.close()
+    if bar is not None:
+        bar.close()
+    total = seconds + time.perf_counter() - t0
+    meta = {"family": cfg.family, "steps": str(cfg.steps), "train_minutes": f"{total / 60:.1f}",
+            "training": json.dumps(asdict(cfg), sort_keys=True), "command": command_line(cfg)}
+    path = family.export(out, meta)
+    images, _ = stream.batch(0)
+    _sheet(family, images.float() / 127.5 - 1.0, out / "samples.png")
+    _card(cfg, family, out, path, total)
+    return path
+
+
+def _sheet(family: _Family, x: torch.Tensor, path: Path, n: int = 32) -> None:
+    import torchvision.utils as vutils
+
+    pics = (family.samples(x, n, torch.Generator().manual_seed(1234)) + 1) / 2
+    grid = vutils.make_grid(F.interpolate(pics, scale_factor=2, mode="nearest"), nrow=8, padding=2)
+    from ..preprocess import save_image
+
+    save_image(grid, path)
+
+
+EXPORTED = {"vqgan": "vqgan", "stylegan": "ema", "diffusion": "unet"}      # the network each family ships
+
+
+def command_line(cfg: GeneratorTrainConfig) -> str:
+    """The `clipguide train-generator` command that reproduces `cfg`."""
+    parts = [f"clipguide train-generator {cfg.family} --out {cfg.out_dir}"]
+    for k, v in asdict(cfg).items():
+        if k in ("family", "out_dir", "model_card"):
+            continue
+        if k == "arch":
+            parts += [f"--set arch.{a}={json.dumps(x, separators=(',', ':'))}" for a, x in sorted(v.items())]
+        elif v != getattr(GeneratorTrainConfig, k):
+            parts.append(f"--set {k}={v if isinstance(v, str) else json.dumps(v)}")
+    return " ".join(parts)
+
+
+def _card(cfg: GeneratorTrainConfig, family: _Family, out: Path, path: Path, seconds: float) -> None:
+    from ..atomic import atomic_write_text
+
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    last = rows[-1] if rows else {}
+    params = sum(p.numel() for p in family.nets[EXPORTED[cfg.family]].parameters())
+    text = f"""# world {cfg.family}
+
+A {cfg.family} generator trained by clipguide {__version__} on {cfg.size} px pictures of `{cfg.data}`.
+
+- command: `{command_line(cfg)}`
+- architecture: {json.dumps(cfg.architecture, sort_keys=True)} ({params:,} parameters)
+- steps: {cfg.steps} x batch {cfg.batch_size}; lr {cfg.lr} (warm-up {cfg.warmup}, cosine to 10%); seed {cfg.seed}
+- training time: {seconds / 60:.1f} min on {torch.get_num_threads()} CPU threads
+- final metrics: `{json.dumps({k: v for k, v in last.items() if k != 'step'})}`
+- exported: `{path.name}` (fp16)
+
+Unguided samples: `samples.png`.
+{cfg.model_card}
+"""
+    atomic_write_text(out / "MODEL_CARD.md", text)

@@ -1,0 +1,201 @@
+"""An editing study on rendered world pictures: does a text edit apply, and does the rest of the
+picture stay put?
+
+    cases = edit_cases(30)                         # colour changes, "at night", church -> gothic church
+    report, edited = edit_study(guide, judge, cases, generator="fourier")
+    report.summary()     # share applied by the judge, L2 and SSIM of the part that should not change
+
+Each case knows the truth because the world renders it: the source picture, the picture the edit
+should produce (the same render parameters with one thing changed), and so the region that should
+change (where the two renders differ, dilated by a pixel or two). A colour change and the gothic
+church are edited with that region as the mask; "at night" changes every pixel and is measured by
+the structural similarity of the whole picture. "Applied" means the judge, which never guides,
+prefers the target text to the source text for the edited picture."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+
+EDIT_KINDS = ("colour", "night", "gothic")
+
+
+@dataclass
+class EditCase:
+    kind: str
+    image: torch.Tensor              # (3, H, W) in [0, 1]
+    target_image: torch.Tensor       # what the edit should produce (rendered)
+    source: str                      # what the picture shows
+    target: str                      # the edit
+    region: torch.Tensor             # (H, W) 1 where the true edit changes pixels
+    masked: bool                     # whether the edit is given the region as its mask
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None, window: int = 7) -> float:
+    """Structural similarity of two images (3, H, W) in [0, 1] on their luminance (Gaussian window,
+    the usual constants), averaged where `mask` (H, W) is 1."""
+    w = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+    x, y = (a * w).sum(0)[None, None], (b * w).sum(0)[None, None]
+    sigma = window / 6
+    k = torch.exp(-((torch.arange(window) - window // 2) ** 2) / (2 * sigma ** 2))
+    k = (k[:, None] * k[None, :]) / k.sum() ** 2
+    k = k[None, None]
+    blur = lambda t: F.conv2d(F.pad(t, [window // 2] * 4, mode="reflect"), k)      # noqa: E731
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    s = s[0, 0]
+    if mask is None:
+        return float(s.mean())
+    m = mask.float()
+    return float((s * m).sum() / m.sum().clamp(min=1))
+
+
+def _region(a: torch.Tensor, b: torch.Tensor, grow: int = 2) -> torch.Tensor:
+    diff = ((a - b).abs().amax(0) > 0.02).float()[None, None]
+    return (F.max_pool2d(diff, 2 * grow + 1, stride=1, padding=grow)[0, 0] > 0).float()
+
+
+def edit_cases(n: int = 30, seed: int = 0, size: int = 64, kinds: Sequence[str] = EDIT_KINDS) -> list[EditCase]:
+    """`n` cases, the kinds taken in turn, from training-split world pictures of seed `seed`."""
+    from ..world import World, render
+    from ..world.captions import scene_phrase
+    from ..world.vocab import COLOURS, PALETTE, with_article
+
+    unknown = sorted(set(kinds) - set(EDIT_KINDS))
+    if unknown or not kinds:
+        raise InputError(f"edit kinds {unknown or kinds} are not among {EDIT_KINDS}")
+    if n < 1:
+        raise InputError(f"n must be >= 1, got {n}")
+    world = World(seed=seed, split="train", size=size)
+    cases: list[EditCase] = []
+    index = 0
+    while len(cases) < n:
+        kind = kinds[len(cases) % len(kinds)]
+        while True:
+            index += 1
+            spec, attrs = world.spec(index), world.attrs(index)
+            case = _case(kind, spec, attrs, index, size, render, scene_phrase, COLOURS, PALETTE, with_article)
+            if case is not None:
+                cases.append(case)
+                break
+            if index > 200_000:
+                raise InputError(f"no world picture fits an edit of kind {kind!r}")
+    return cases
+
+
+def _case(kind, spec, attrs, index, size, render, scene_phrase, COLOURS, PALETTE, with_article):
+    if kind == "colour":
+        if attrs["kind"] != "object" or spec.background.kind not in ("neutral", "plain"):
+            return None
+        shape = spec.shapes[0]
+        options = [c for c in COLOURS if c != shape.colour and c != spec.background.colour
+                   and c not in ("gray", "white", "black")]
+        new = options[index % len(options)]
+        edited = dataclasses.replace(spec, shapes=(dataclasses.replace(shape, colour=new, rgb=PALETTE[new]),))
+        source, target = with_article(f"{shape.colour} {shape.shape}"), with_article(f"{new} {shape.shape}")
+        masked = True
+    elif kind == "night":
+        land = spec.landscape
+        if attrs["kind"] != "scene" or land.condition != "day" or land.backdrop is not None:
+            return None
+        edited = dataclasses.replace(spec, landscape=dataclasses.replace(land, condition="night"))
+        source, target = scene_phrase(land.obj, "day"), scene_phrase(land.obj, "night")
+        masked = False
+    else:
+        land = spec.landscape
+        if attrs["kind"] != "scene" or land.obj != "church" or land.backdrop is not None:
+            return None
+        edited = dataclasses.replace(spec, landscape=dataclasses.replace(land, obj="gothic church"))
+        source, target = scene_phrase("church", land.condition), scene_phrase("gothic church", land.condition)
+        masked = True
+    a, b = render(spec, size), render(edited, size)
+    return EditCase(kind, a, b, source, target, _region(a, b), masked)
+
+
+@dataclass
+class EditReport:
+    cases: list[EditCase]
+    applied: list[bool]                 # judge prefers the target text for the edited picture
+    applied_before: list[bool]          # ... and for the original (should be False)
+    kept_rmse: list[float]              # RMS change where nothing should change (whole picture for "night")
+    kept_ssim: list[float]
+    seconds: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        out: dict = {"n": len(self.cases)}
+        for kind in [None, *EDIT_KINDS]:
+            idx = [i for i, c in enumerate(self.cases) if kind is None or c.kind == kind]
+            if not idx:
+                continue
+            key = "all" if kind is None else kind
+            out[key] = {"n": len(idx),
+                        "applied": round(sum(self.applied[i] for i in idx) / len(idx), 4),
+                        "applied_before_edit": round(sum(self.applied_before[i] for i in idx) / len(idx), 4),
+                        "kept_rmse_max": round(max(self.kept_rmse[i] for i in idx), 4),
+                        "kept_rmse_mean": round(sum(self.kept_rmse[i] for i in idx) / len(idx), 4),
+                        "kept_ssim_min": round(min(self.kept_ssim[i] for i in idx), 4),
+                        "kept_ssim_mean": round(sum(self.kept_ssim[i] for i in idx) / len(idx), 4)}
+        if self.seconds:
+            out["seconds_per_edit"] = round(sum(self.seconds) / len(self.seconds), 2)
+        return out
+
+
+@torch.no_grad()
+def _prefers_target(judge, images: torch.Tensor, cases: Sequence[EditCase]) -> list[bool]:
+    img = judge.encode_image(judge.preprocess(images), normalize=True)
+    texts = [t for c in cases for t in (c.source, c.target)]
+    txt = judge.encode_text(judge.tokenize(texts, truncate=True), normalize=True).view(len(cases), 2, -1)
+    sims = (img[:, None] * txt).sum(-1)                                    # (N, 2)
+    return (sims[:, 1] > sims[:, 0]).tolist()
+
+
+def edit_study(guide, judge, cases: Sequence[EditCase], *, generator: str = "fourier", steps: int = 100,
+               lr: float = 0.05, cutouts: int = 16, preserve: float = 1.0, seed: int = 0, progress: bool = True,
+               generator_model=None, generator_options: dict | None = None, **edit_options
+               ) -> tuple[EditReport, torch.Tensor]:
+    """Edit every case with `guide` (directional: from its source text to its target), then judge.
+    Returns the report and the edited pictures (N, 3, H, W)."""
+    from ..generators import load_network
+    from .edit import edit_image
+
+    if not cases:
+        raise InputError("no edit cases")
+    network = load_network(generator, generator_model)
+    edited, seconds = [], []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(cases), desc="edit study", unit="edit", dynamic_ncols=True)
+    for k, case in enumerate(cases):
+        result = edit_image(guide, case.image[None], case.target, source=case.source, generator=generator,
+                            mask=case.region if case.masked else None, preserve=preserve, steps=steps, lr=lr,
+                            cutouts=cutouts, seed=seed + k, network=network, generator_options=generator_options,
+                            size=case.image.shape[-1], progress=False, **edit_options)
+        out = result.images[0]
+        if out.shape[-2:] != case.image.shape[-2:]:
+            out = F.interpolate(out[None], size=case.image.shape[-2:], mode="bilinear", align_corners=False)[0]
+        edited.append(out.clamp(0, 1))
+        seconds.append(result.seconds)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    pics = torch.stack(edited)
+    originals = torch.stack([c.image for c in cases])
+    applied = _prefers_target(judge, pics, cases)
+    before = _prefers_target(judge, originals, cases)
+    rmse, kept = [], []
+    for c, out in zip(cases, pics):
+        keep = None if c.kind == "night" else 1 - c.region
+        d2 = (out - c.image) ** 2
+        rmse.append(float(d2.mean().sqrt()) if keep is None else float(((d2 * keep).sum() / (3 * keep.sum()).clamp(min=1)).sqrt()))
+        kept.append(ssim(out, c.image, keep))
+    return EditReport(list(cases), applied, before, rmse, kept, seconds), pics
