@@ -242,6 +242,8 @@ def edit(models: Models, config: AppConfig, image_path, prompt, source, mask_pat
     prompt = check_prompt(prompt, "edit")
     source = (source or "").strip() or None
     image = load_upload(image_path, config)
+    if image.dim() == 3:
+        image = image[None]                               # (1, 3, H, W)
     mask = None
     if mask_path:
         mask = load_upload(mask_path, config, "mask").mean(dim=1, keepdim=True)
@@ -256,13 +258,15 @@ def edit(models: Models, config: AppConfig, image_path, prompt, source, mask_pat
     clip = models.clip(model)
     network = models.network(generator)
     every = max(1, min(config.preview_every, steps // 4 or 1))
-    side = min(config.max_size, max(image.shape[-2:]))
+    scale = config.max_size / max(image.shape[-2:])
+    if scale < 1:                                         # larger than the cap: shrink, keeping the aspect ratio
+        hw = [max(8, round(d * scale)) for d in image.shape[-2:]]
+        image = torch.nn.functional.interpolate(image, size=hw, mode="bicubic", antialias=True).clamp(0, 1)
 
     def work(callback):
         return clipguide.edit_image(clip, image, prompt, source=source, mask=mask, preserve=preserve,
-                                    generator=generator, network=network, size=side if side < max(image.shape[-2:])
-                                    else None, steps=steps, seed=seed, progress=False, frame_every=every,
-                                    callback=callback)
+                                    generator=generator, network=network, steps=steps, seed=seed, progress=False,
+                                    frame_every=every, callback=callback)
 
     yield from _drive(Job(work, every), config, steps, gallery, progress)
 

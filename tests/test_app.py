@@ -140,6 +140,16 @@ def test_edit_an_uploaded_picture(client, tmp_path):
     assert status.startswith("done: 6 steps")
     prov = _provenance(png)
     assert prov["edit"] is True and prov["masked"] is True
+    with Image.open(png) as out, Image.open(src) as before:
+        assert out.size == (80, 60)
+        # white (the left half) marks where the picture may change: the right half stays as it was
+        assert out.convert("RGB").crop((40, 0, 80, 60)).tobytes() == before.crop((40, 0, 80, 60)).tobytes()
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (200, 100), (40, 40, 200)).save(wide)                 # over the app's 96 px cap
+    png = client.predict(handle_file(str(wide)), "at night", "a blue picture", None, 1.0, "pixels", "default", 2, 0,
+                         api_name="/edit")[2]
+    with Image.open(png) as out:
+        assert out.size == (96, 48)                                        # shrunk, aspect ratio kept
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -98,7 +98,7 @@ def edit_image(model, image: torch.Tensor, prompt, *, source: str | None = None,
     clip_size = model.config.vision.image_size
     kind = "directional" if source else "spherical"
     loss = CLIPLoss(model, prompt, loss=kind, source_text=source, source_image=target if source else None,
-                    cutouts=Cutouts(size=clip_size, n=cutouts, min_size=0.5, noise=0.05))
+                    cutouts=Cutouts(size=clip_size, n=cutouts, min_size=0.5, noise=0.05, flip=0.0))
     if region is not None:
         loss = _Masked(loss, target, region)
     regs = [(lambda x: l2_to(x if region is None else loss.composite(x), target), preserve)] if preserve else []

@@ -81,7 +81,7 @@ def edit_cases(n: int = 30, seed: int = 0, size: int = 64, kinds: Sequence[str] 
         while True:
             index += 1
             spec, attrs = world.spec(index), world.attrs(index)
-            case = _case(kind, spec, attrs, index, size, render, scene_phrase, COLOURS, PALETTE, with_article)
+            case = _try_case(kind, spec, attrs, index, size, render, scene_phrase, COLOURS, PALETTE, with_article)
             if case is not None:
                 cases.append(case)
                 break
@@ -117,6 +117,14 @@ def _case(kind, spec, attrs, index, size, render, scene_phrase, COLOURS, PALETTE
         masked = True
     a, b = render(spec, size), render(edited, size)
     return EditCase(kind, a, b, source, target, _region(a, b), masked)
+
+
+def _try_case(*args):
+    """A case, or None where the world has no such edit (the sun is never drawn at night)."""
+    try:
+        return _case(*args)
+    except InputError:
+        return None
 
 
 @dataclass

@@ -91,8 +91,9 @@ def _steer_prompt(gen, model, prompt: str, *, generator: str, size, steps: int, 
     from .loss import CLIPLoss
     from .regularisers import total_variation
 
+    # no mirrored views: a flip turns "a red circle on the left" into its opposite
     loss = CLIPLoss(model, prompt, cutouts=Cutouts(size=model.config.vision.image_size, n=cutouts,
-                                                   min_size=0.5, noise=0.05))
+                                                   min_size=0.5, noise=0.05, flip=0.0))
     return gen.run(loss, steps=steps, lr=lr, seed=seed,
                    regularisers=[(total_variation, tv)] if tv else (), frame_every=frame_every,
                    progress=progress, settings={"generator": generator, "size": size, "cutouts": cutouts},
