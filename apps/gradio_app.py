@@ -197,8 +197,7 @@ def _to_pil(image: torch.Tensor):
     a 64 px result shows its pixels at 256 px (the PNG download keeps the real size)."""
     from PIL import Image
 
-    a = (image.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype("uint8")
-    pic = Image.fromarray(a)
+    pic = clipguide.tensor_to_pil(image)
     k = max(1, PREVIEW_SIDE // max(pic.size))
     return pic.resize((pic.width * k, pic.height * k), Image.NEAREST) if k > 1 else pic
 

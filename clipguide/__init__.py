@@ -14,7 +14,7 @@ from .guide import CLIPLoss, Cutouts, FourierImage, PixelImage, Prompt, StopStee
 from .guide.edit import edit_image
 from .guide.suite import guided_image as generate_image
 from .models import CLIP, CLIPConfig, TextConfig, VisionConfig, get_config, list_models
-from .preprocess import Preprocess, load_image, save_image
+from .preprocess import Preprocess, load_image, save_image, tensor_to_pil
 from .tokenizer import Tokenizer
 from .version import __version__
 
@@ -30,7 +30,7 @@ __all__ = [
     # generators
     "GENERATORS", "build_generator", "load_network", "has_bundled_generator",
     # text and images
-    "Tokenizer", "Preprocess", "load_image", "save_image",
+    "Tokenizer", "Preprocess", "load_image", "save_image", "tensor_to_pil",
     # errors
     "ClipguideError", "ConfigError", "CheckpointError", "InputError", "TextTooLongError", "WeightsNotFoundError",
 ]

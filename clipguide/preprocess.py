@@ -146,14 +146,21 @@ def load_images(sources) -> torch.Tensor:
     return load_image(sources).unsqueeze(0)
 
 
+def tensor_to_pil(image: torch.Tensor):
+    """A (3, H, W) or (1, 3, H, W) tensor in [0, 1] as an 8-bit RGB PIL image (values rounded)."""
+    from PIL import Image
+
+    image = check_images(image.detach().cpu())[0].clamp(0, 1)
+    return Image.fromarray((image.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8))
+
+
 def save_image(image: torch.Tensor, path: str | Path, pnginfo: dict[str, str] | None = None) -> Path:
     """Write a (3, H, W) or (1, 3, H, W) tensor in [0, 1] as an image, atomically; PNG text chunks from `pnginfo`."""
-    from PIL import Image, PngImagePlugin
+    from PIL import PngImagePlugin
 
     from .atomic import atomic_path
 
-    image = check_images(image.detach().cpu())[0].clamp(0, 1)
-    arr = (image.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
+    picture = tensor_to_pil(image)
     path = Path(path)
     fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(path.suffix.lower())
     if fmt is None:
@@ -165,6 +172,6 @@ def save_image(image: torch.Tensor, path: str | Path, pnginfo: dict[str, str] | 
             info.add_itxt(k, str(v))
         kwargs["pnginfo"] = info
     with atomic_path(path, suffix=path.suffix) as tmp:
-        Image.fromarray(arr).save(tmp, format=fmt, **kwargs)
+        picture.save(tmp, format=fmt, **kwargs)
     return path
 

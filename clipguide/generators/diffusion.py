@@ -287,7 +287,7 @@ def guided_sample(model: DiffusionModel, loss_fn: Callable[..., torch.Tensor], n
                   init_images: torch.Tensor | None = None, callback: Callable | None = None, frame_every: int = 0,
                   progress: bool = True, settings: dict | None = None, regularisers=()):
     """The guided denoising loop behind DiffusionLatent.run (returns a SteerResult)."""
-    from ..guide.steer import StepInfo, SteerResult, StopSteering, _provenance
+    from ..guide.steer import StepInfo, SteerResult, StopSteering, _provenance, stop_reason
 
     if steps < 1:
         raise InputError(f"steps must be >= 1, got {steps}")
@@ -355,10 +355,8 @@ def guided_sample(model: DiffusionModel, loss_fn: Callable[..., torch.Tensor], n
         else:
             with torch.no_grad():
                 shown = model.decode(x).detach()
-    except KeyboardInterrupt:
-        stopped = f"interrupted at step {len(losses)}"
-    except StopSteering as e:
-        stopped = f"stopped by the callback at step {len(losses)}" + (f": {e}" if str(e) else "")
+    except (KeyboardInterrupt, StopSteering) as e:
+        stopped = stop_reason(e, len(losses))
     finally:
         if bar is not None:
             bar.close()

@@ -104,15 +104,14 @@ def edit_image(model, image: torch.Tensor, prompt, *, source: str | None = None,
     regs = [(lambda x: l2_to(x if region is None else loss.composite(x), target), preserve)] if preserve else []
     settings = {"edit": True, "source": source, "generator": generator, "size": list(hw), "preserve": preserve,
                 "latent_weight": latent_weight, "masked": mask is not None, "cutouts": cutouts}
-    if region is not None and callback is not None:
-        user_callback = callback
+    def composited(info):                                 # the caller sees the composite too
+        info.images = loss.composite(info.images)
+        return callback(info)
 
-        def callback(info):
-            info.images = loss.composite(info.images)
-            return user_callback(info)
+    shown = composited if region is not None and callback is not None else callback
     result = gen.run(loss, steps=steps, lr=lr, seed=seed, regularisers=regs, latent_weight=latent_weight,
                      strength=strength, progress=progress, frame_every=frame_every, settings=settings,
-                     **({"callback": callback, "callback_every": callback_every} if callback is not None else {}))
+                     callback=shown, callback_every=callback_every)
     if region is not None:
         with torch.no_grad():
             result.images = loss.composite(result.images)

@@ -64,9 +64,7 @@ def _region(a: torch.Tensor, b: torch.Tensor, grow: int = 2) -> torch.Tensor:
 
 def edit_cases(n: int = 30, seed: int = 0, size: int = 64, kinds: Sequence[str] = EDIT_KINDS) -> list[EditCase]:
     """`n` cases, the kinds taken in turn, from training-split world pictures of seed `seed`."""
-    from ..world import World, render
-    from ..world.captions import scene_phrase
-    from ..world.vocab import COLOURS, PALETTE, with_article
+    from ..world import World
 
     unknown = sorted(set(kinds) - set(EDIT_KINDS))
     if unknown or not kinds:
@@ -81,7 +79,7 @@ def edit_cases(n: int = 30, seed: int = 0, size: int = 64, kinds: Sequence[str] 
         while True:
             index += 1
             spec, attrs = world.spec(index), world.attrs(index)
-            case = _try_case(kind, spec, attrs, index, size, render, scene_phrase, COLOURS, PALETTE, with_article)
+            case = _try_case(kind, spec, attrs, index, size)
             if case is not None:
                 cases.append(case)
                 break
@@ -90,7 +88,12 @@ def edit_cases(n: int = 30, seed: int = 0, size: int = 64, kinds: Sequence[str] 
     return cases
 
 
-def _case(kind, spec, attrs, index, size, render, scene_phrase, COLOURS, PALETTE, with_article):
+def _case(kind: str, spec, attrs: dict, index: int, size: int) -> EditCase | None:
+    """The edit of kind `kind` of one world picture, or None where the picture does not fit it."""
+    from ..world import render
+    from ..world.captions import scene_phrase
+    from ..world.vocab import COLOURS, PALETTE, with_article
+
     if kind == "colour":
         if attrs["kind"] != "object" or spec.background.kind not in ("neutral", "plain"):
             return None
@@ -156,11 +159,16 @@ class EditReport:
 
 
 @torch.no_grad()
-def _prefers_target(judge, images: torch.Tensor, cases: Sequence[EditCase]) -> list[bool]:
-    img = judge.encode_image(judge.preprocess(images), normalize=True)
+def _source_target_text(judge, cases: Sequence[EditCase]) -> torch.Tensor:
     texts = [t for c in cases for t in (c.source, c.target)]
-    txt = judge.encode_text(judge.tokenize(texts, truncate=True), normalize=True).view(len(cases), 2, -1)
-    sims = (img[:, None] * txt).sum(-1)                                    # (N, 2)
+    return judge.encode_text(judge.tokenize(texts, truncate=True), normalize=True).view(len(cases), 2, -1)
+
+
+@torch.no_grad()
+def _prefers_target(judge, images: torch.Tensor, text: torch.Tensor) -> list[bool]:
+    """Per image: does the judge find it closer to its target text than to its source text?"""
+    img = judge.encode_image(judge.preprocess(images), normalize=True)
+    sims = (img[:, None] * text).sum(-1)                                   # (N, 2)
     return (sims[:, 1] > sims[:, 0]).tolist()
 
 
@@ -198,8 +206,9 @@ def edit_study(guide, judge, cases: Sequence[EditCase], *, generator: str = "fou
         bar.close()
     pics = torch.stack(edited)
     originals = torch.stack([c.image for c in cases])
-    applied = _prefers_target(judge, pics, cases)
-    before = _prefers_target(judge, originals, cases)
+    text = _source_target_text(judge, cases)                              # encoded once for both checks
+    applied = _prefers_target(judge, pics, text)
+    before = _prefers_target(judge, originals, text)
     rmse, kept = [], []
     for c, out in zip(cases, pics):
         keep = None if c.kind == "night" else 1 - c.region

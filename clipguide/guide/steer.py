@@ -59,20 +59,25 @@ class SteerResult:
 
     def save_timelapse(self, path: str | Path, duration_ms: int = 80, index: int = 0) -> Path:
         """The frames recorded every `frame_every` steps as an animated GIF."""
-        from PIL import Image
-
         from ..atomic import atomic_path
+        from ..preprocess import tensor_to_pil
 
         if not self.frames:
             raise InputError("no frames were recorded: pass frame_every=N to steer()")
         path = Path(path)
         if path.suffix.lower() != ".gif":
             raise InputError(f"timelapse {path}: only .gif is written")
-        pics = [Image.fromarray((f[index].clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype("uint8"))
-                for f in self.frames]
+        pics = [tensor_to_pil(f[index]) for f in self.frames]
         with atomic_path(path, suffix=".gif") as tmp:
             pics[0].save(tmp, save_all=True, append_images=pics[1:], duration=duration_ms, loop=0)
         return path
+
+
+def stop_reason(error: BaseException, step: int) -> str:
+    """Why a run ended early: Ctrl-C, or StopSteering raised by a callback (with its message)."""
+    if isinstance(error, KeyboardInterrupt):
+        return f"interrupted at step {step}"
+    return f"stopped by the callback at step {step}" + (f": {error}" if str(error) else "")
 
 
 def model_hash(model: nn.Module) -> str:
@@ -176,10 +181,8 @@ def steer(generator: nn.Module, loss_fn: Callable[..., torch.Tensor], steps: int
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{value:.4f}")
-    except KeyboardInterrupt:
-        stopped = f"interrupted at step {step}"
-    except StopSteering as e:
-        stopped = f"stopped by the callback at step {step}" + (f": {e}" if str(e) else "")
+    except (KeyboardInterrupt, StopSteering) as e:
+        stopped = stop_reason(e, step)
     finally:
         if bar is not None:
             bar.close()

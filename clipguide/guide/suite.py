@@ -97,7 +97,7 @@ def _steer_prompt(gen, model, prompt: str, *, generator: str, size, steps: int, 
     return gen.run(loss, steps=steps, lr=lr, seed=seed,
                    regularisers=[(total_variation, tv)] if tv else (), frame_every=frame_every,
                    progress=progress, settings={"generator": generator, "size": size, "cutouts": cutouts},
-                   **({"callback": callback, "callback_every": callback_every} if callback is not None else {}))
+                   callback=callback, callback_every=callback_every)
 
 
 def guided_eval(guide, judge, prompts: Sequence[str] | None = None, *, generator: str = "fourier",
