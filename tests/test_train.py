@@ -135,6 +135,71 @@ def test_accumulation_is_exact(tmp_path, negatives):
         assert _close(ga[k], gb[k]), k
 
 
+def test_adversarial_images_stay_in_their_ball_and_fool_the_model(tmp_path):
+    trainer = Trainer(tiny(tmp_path, "precision=fp32", "adv_eps=0.5", "adv_steps=4", "steps=1"), progress=False)
+    trainer.train_step(0)                   # a model that has seen one batch: its own captions score best
+    images, captions = trainer.stream.batch(1)
+    images = images.float() / 255.0
+    tokens = trainer.model.tokenize(captions, truncate=True)
+    adv = trainer._adversarial(images, tokens, 1)
+    assert torch.equal(adv, trainer._adversarial(images, tokens, 1))        # replayable from (seed, step)
+    assert not torch.equal(adv, trainer._adversarial(images, tokens, 2))
+    delta = (adv - images).flatten(1).norm(dim=1)
+    assert delta[1::2].max() == 0                                           # the other half stays clean
+    assert delta[0::2].max() <= 0.5 + 1e-5 and delta[0::2].min() > 0.25
+    assert adv.min() >= 0 and adv.max() <= 1
+    assert trainer.model.training                                           # mode restored
+
+    def own_caption_loss(x):
+        with torch.no_grad():
+            img = trainer.model.encode_image(trainer.model.preprocess.normalize(x), normalize=True)
+            txt = trainer.model.encode_text(tokens, normalize=True)
+            logits = trainer.model.logit_scale.exp() * img @ txt.T
+            return F.cross_entropy(logits, torch.arange(len(x)), reduction="none")[0::2].mean()
+
+    random_dir = torch.randn_like(images)
+    random_dir[1::2] = 0
+    noisy = (images + random_dir / random_dir.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+             * 0.5).clamp(0, 1)
+    assert own_caption_loss(adv) > own_caption_loss(noisy) + 0.05           # worse than noise of the same size
+    with pytest.raises(ConfigError, match="adv_eps"):
+        tiny(tmp_path, "adv_eps=-1")
+
+
+def test_l2_attack_climbs_the_objective_inside_its_ball():
+    from clipguide.train.robust import l2_attack
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.full((3, 3, 8, 8), 0.5)
+    w = torch.randn(3, 3, 8, 8, generator=g)
+    mask = torch.tensor([1.0, 1.0, 0.0]).view(-1, 1, 1, 1)
+    adv = l2_attack(images, lambda x: (x * w).sum(), eps=0.3, steps=10, start=torch.randn(3, 3, 8, 8, generator=g),
+                    mask=mask)
+    delta = adv - images
+    # the maximiser of a linear objective in the ball: eps along w
+    assert torch.allclose(delta[:2].flatten(1).norm(dim=1), torch.tensor([0.3, 0.3]), atol=1e-4)
+    assert F.cosine_similarity(delta[:2].flatten(1), w[:2].flatten(1)).min() > 0.99
+    assert torch.equal(adv[2], images[2])
+    # at the edge of [0, 1] the pixels are clamped, never pushed outside
+    edge = l2_attack(torch.ones(1, 3, 8, 8), lambda x: x.sum(), eps=0.5, steps=3, start=torch.randn(1, 3, 8, 8))
+    assert edge.max() <= 1.0
+
+
+def test_anchor_fine_tune_moves_the_image_tower_only(tmp_path):
+    first = Trainer(tiny(tmp_path / "a", "steps=2", "save_every=100"), progress=False).run(resume=False)
+    with pytest.raises(ConfigError, match="checkpoint"):
+        Trainer(tiny(tmp_path / "b", "adv_objective=anchor", "adv_eps=0.5"), progress=False)
+    tuned = Trainer(tiny(tmp_path / "c", f"model={first}", "adv_objective=anchor", "adv_eps=0.5", "adv_steps=2",
+                         "steps=3", "accum_steps=2"), progress=False)
+    before = {k: v.clone() for k, v in tuned.model.state_dict().items()}
+    after = clipguide.load(tuned.run(resume=False)).state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k].to(before[k].dtype))}
+    assert changed and all(k.startswith("visual.") for k in changed)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "c" / "run" / "metrics.jsonl").read_text().splitlines()
+              if '"loss"' in line]
+    assert len(losses) == 3 and all(0 <= v <= 2 for v in losses)
+
+
 _DIST_SCRIPT = textwrap.dedent("""
     import json, sys, torch
     import torch.distributed as dist
@@ -163,8 +228,9 @@ def _run_dist(tmp_path: Path, nproc: int, overrides: list[str]) -> dict:
     return torch.load(out, weights_only=True)
 
 
-def test_two_processes_match_one_on_the_same_global_batch(tmp_path):
-    overrides = TINY + ["precision=fp32", f"out_dir={tmp_path / 'run'}"]
+@pytest.mark.parametrize("extra", [[], ["adv_eps=0.5", "noise_aug=0.2"]], ids=["plain", "adversarial"])
+def test_two_processes_match_one_on_the_same_global_batch(tmp_path, extra):
+    overrides = TINY + ["precision=fp32", f"out_dir={tmp_path / 'run'}", *extra]
     one = _run_dist(tmp_path, 1, overrides)
     two = _run_dist(tmp_path, 2, overrides)
     assert one["loss"] == pytest.approx(two["loss"], rel=1e-5)

@@ -20,6 +20,10 @@ class TrainConfig:
     data: str = "world"               # data source spec, see clipguide.train.data.open_source
     pos_init: str = "random"          # image position embedding init: random | sincos (2-D sine-cosine)
     noise_aug: float = 0.0            # half the images get Gaussian noise of std up to this (smoother guide gradients)
+    adv_eps: float = 0.0              # L2 radius (pixels in [0, 1]) of adversarial training images; 0: off
+    adv_steps: int = 3                # projected-gradient steps that find them
+    adv_objective: str = "contrastive"   # contrastive: half the batch attacked, InfoNCE | anchor: fine-tune the
+                                         # image tower to keep the starting model's embeddings under attack
     hard_negatives: bool = False      # add each sample's minimal-edit caption as an extra negative (world data)
     tokenizer: str = "auto"           # auto | train | openai | model  (auto: the checkpoint's, else train one)
     vocab_size: int = 1024            # when a tokenizer is trained from the data's captions
@@ -53,6 +57,12 @@ class TrainConfig:
             raise ConfigError(f"precision {self.precision!r} must be bf16 or fp32")
         if not 0.0 <= self.noise_aug <= 1.0:
             raise ConfigError(f"noise_aug {self.noise_aug} must lie in [0, 1]")
+        if self.adv_eps < 0 or self.adv_steps < 1:
+            raise ConfigError(f"adv_eps must be >= 0 and adv_steps >= 1, got {self.adv_eps} and {self.adv_steps}")
+        if self.adv_objective not in ("contrastive", "anchor"):
+            raise ConfigError(f"adv_objective {self.adv_objective!r} must be contrastive or anchor")
+        if self.adv_objective == "anchor" and self.hard_negatives:
+            raise ConfigError("adv_objective=anchor trains the image tower alone: hard_negatives does not apply")
         if self.pos_init not in ("random", "sincos"):
             raise ConfigError(f"pos_init {self.pos_init!r} must be random or sincos")
         if self.tokenizer not in ("auto", "train", "openai", "model"):

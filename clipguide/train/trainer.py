@@ -7,6 +7,7 @@ optimiser and RNG state, so a run killed at any point and resumed ends with the 
 never interrupted."""
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -19,6 +20,7 @@ from typing import Callable
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from .. import checkpoints
 from ..atomic import atomic_torch_save, atomic_write_text
@@ -27,6 +29,7 @@ from ..models import CLIP, get_config
 from ..version import __version__
 from .config import TrainConfig
 from .loss import clip_loss, gather_features
+from .robust import l2_attack
 
 log = logging.getLogger(__name__)
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -106,6 +109,12 @@ class Trainer:
         self.model = self._build_model().to(self.device)
         self.model.precision = cfg.precision if self.device.type == "cpu" else "fp32"
         self.model.set_grad_checkpointing(cfg.grad_checkpointing)
+        self.reference = None
+        if cfg.adv_objective == "anchor":
+            if self._from_scratch:
+                raise ConfigError("adv_objective=anchor keeps a trained model's embeddings: set model= to a "
+                                  "checkpoint (or a bundled name) to fine-tune, not an architecture")
+            self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
                                            betas=tuple(cfg.betas), eps=cfg.eps)
         self.stream = BatchStream(self.source, cfg.batch_size, self.model.config.vision.image_size, cfg.seed,
@@ -122,6 +131,7 @@ class Trainer:
         cfg = self.cfg
         name = cfg.model
         is_arch = not Path(name).exists() and name not in checkpoints.bundled_models() and ":" not in name
+        self._from_scratch = is_arch
         if not is_arch:                                       # fine-tune a loadable checkpoint
             model = checkpoints.load(name)
             if cfg.arch:
@@ -241,6 +251,75 @@ class Trainer:
         lo = self.rank * n
         return (images + noise[lo:lo + n]).clamp(0, 1)
 
+    def _attack_start(self, images: torch.Tensor, step: int, every_other: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The attack's random start and which samples it moves, drawn from (seed, step) over the
+        global batch and sliced per rank: resumed and multi-process runs attack identically."""
+        n, rest = images.shape[0], images.shape[1:]
+        lo = self.rank * n
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_033 + step + 7)
+        start = torch.randn(n * self.world, *rest, generator=g)[lo:lo + n].to(self.device)
+        idx = torch.arange(lo, lo + n, device=self.device)
+        mask = (idx % 2 == 0) if every_other else torch.ones_like(idx, dtype=torch.bool)
+        return start, mask.view(-1, 1, 1, 1)
+
+    def _adversarial(self, images: torch.Tensor, tokens: torch.Tensor, step: int) -> torch.Tensor:
+        """adv_objective 'contrastive' (adv_eps > 0): every other sample of the global batch (the
+        half that noise_aug leaves clean) is moved, within an L2 ball of radius adv_eps, to where
+        the model matches it worst to its own caption among the batch's captions. Only that half
+        goes through the attack, with the model in eval mode (norm statistics untouched)."""
+        cfg = self.cfg
+        if cfg.adv_eps <= 0 or cfg.adv_objective != "contrastive":
+            return images
+        images = images.to(self.device)
+        start, mask = self._attack_start(images, step, every_other=True)
+        pick = mask.view(-1).nonzero().view(-1)                         # this rank's attacked samples
+        labels = self.rank * len(images) + pick                         # their captions in the global batch
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                txt = gather_features(self.model.encode_text(tokens, normalize=True)).float()
+                scale = self.model.logit_scale.exp()
+
+            def mismatch(x: torch.Tensor) -> torch.Tensor:
+                img = self.model.encode_image(self.model.preprocess.normalize(x), normalize=True).float()
+                return F.cross_entropy(scale * img @ txt.T, labels, reduction="sum")
+
+            out = images.clone()
+            out[pick] = l2_attack(images[pick], mismatch, cfg.adv_eps, cfg.adv_steps, start[pick])
+            return out
+        finally:
+            self.model.train(was_training)
+
+    def _anchor_step(self, images: torch.Tensor, step: int) -> torch.Tensor:
+        """adv_objective 'anchor': the image tower learns to give every picture within adv_eps of
+        an image the embedding the starting model gave the clean image (1 - cosine, averaged);
+        the text tower and the temperature do not change, so zero-shot prompts keep their meaning.
+        Needs a checkpoint to start from (`model=PATH`): it is the frozen reference."""
+        cfg = self.cfg
+        images = images.to(self.device)
+        with torch.no_grad():
+            target = self.reference.encode_image(self.reference.preprocess.normalize(images), normalize=True).float()
+        start, mask = self._attack_start(images, step, every_other=False)
+
+        def drift(x: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:     # summed over samples
+            img = self.model.encode_image(self.model.preprocess.normalize(x), normalize=True).float()
+            return (1 - (img * tgt).sum(dim=-1)).sum()
+
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            adv = l2_attack(images, lambda x: drift(x, target), cfg.adv_eps, cfg.adv_steps, start, mask) \
+                if cfg.adv_eps > 0 else images
+        finally:
+            self.model.train(was_training)
+        total = 0.0
+        for chunk, tgt in zip(adv.chunk(cfg.accum_steps), target.chunk(cfg.accum_steps)):
+            loss = drift(chunk, tgt) / len(images)                     # micro-batch sums: the batch mean
+            loss.backward()
+            total += float(loss.detach())
+        return torch.tensor(total)
+
     def _loss(self, img, txt, neg) -> torch.Tensor:
         neg = gather_features(neg) if neg is not None else None
         return clip_loss(gather_features(img), gather_features(txt), self.model.logit_scale.exp(), neg)
@@ -248,14 +327,18 @@ class Trainer:
     def train_step(self, step: int) -> float:
         images, captions = self.stream.batch(step)                      # this rank's slice (uint8)
         images = self._augment(images.float() / 255.0, step)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.cfg.adv_objective == "anchor":
+            loss = self._anchor_step(images, step)
+            return self._update(step, loss)
         tokens = self.model.tokenize(captions, truncate=True)
+        images = self._adversarial(images, tokens, step)
         negatives = None
         if self.cfg.hard_negatives:
             negatives = self.model.tokenize(self.stream.negatives(step), truncate=True)
         k = self.cfg.accum_steps
         img_chunks, tok_chunks = images.chunk(k), tokens.chunk(k)
         neg_chunks = negatives.chunk(k) if negatives is not None else [None] * k
-        self.optimizer.zero_grad(set_to_none=True)
         if k == 1:
             loss = self._loss(*self._features(images, tokens, negatives))
             loss.backward()
@@ -274,6 +357,10 @@ class Trainer:
                 if j == 0:
                     scale_grad = self.model.logit_scale.grad.clone()
             self.model.logit_scale.grad.copy_(scale_grad)
+        return self._update(step, loss)
+
+    def _update(self, step: int, loss: torch.Tensor) -> float:
+        """Average the gradients over ranks, clip, schedule and step; the logit scale stays <= 100."""
         params = [p for p in self.model.parameters() if p.requires_grad]
         average_gradients(params, self.world)
         if self.cfg.max_grad_norm > 0:
