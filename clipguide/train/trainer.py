@@ -7,6 +7,7 @@ optimiser and RNG state, so a run killed at any point and resumed ends with the 
 never interrupted."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -63,6 +64,11 @@ def average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
     for g in grads:
         g.copy_(flat[offset:offset + g.numel()].view_as(g))
         offset += g.numel()
+
+
+def _image_features(model: CLIP, images: torch.Tensor) -> torch.Tensor:
+    """Normalised image features (B, E) in fp32 of images (B, 3, H, W) in [0, 1]."""
+    return model.encode_image(model.preprocess.normalize(images), normalize=True).float()
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -229,8 +235,7 @@ class Trainer:
 
     # --- one step --------------------------------------------------------------------------------
     def _features(self, images: torch.Tensor, tokens: torch.Tensor, negatives: torch.Tensor | None):
-        x = self.model.preprocess.normalize(images.to(self.device))
-        img = self.model.encode_image(x, normalize=True)
+        img = _image_features(self.model, images.to(self.device))
         if negatives is None:
             return img, self.model.encode_text(tokens, normalize=True), None
         txt = self.model.encode_text(torch.cat([tokens, negatives]), normalize=True)   # one pass for both
@@ -251,16 +256,23 @@ class Trainer:
         lo = self.rank * n
         return (images + noise[lo:lo + n]).clamp(0, 1)
 
-    def _attack_start(self, images: torch.Tensor, step: int, every_other: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """The attack's random start and which samples it moves, drawn from (seed, step) over the
-        global batch and sliced per rank: resumed and multi-process runs attack identically."""
+    def _attack_start(self, images: torch.Tensor, step: int) -> torch.Tensor:
+        """The attack's random start, drawn from (seed, step) over the global batch and sliced per
+        rank: resumed and multi-process runs attack identically."""
         n, rest = images.shape[0], images.shape[1:]
         lo = self.rank * n
         g = torch.Generator().manual_seed(self.cfg.seed * 1_000_033 + step + 7)
-        start = torch.randn(n * self.world, *rest, generator=g)[lo:lo + n].to(self.device)
-        idx = torch.arange(lo, lo + n, device=self.device)
-        mask = (idx % 2 == 0) if every_other else torch.ones_like(idx, dtype=torch.bool)
-        return start, mask.view(-1, 1, 1, 1)
+        return torch.randn(n * self.world, *rest, generator=g)[lo:lo + n].to(self.device)
+
+    @contextlib.contextmanager
+    def _eval_mode(self):
+        """The model in eval mode for an attack (norm statistics untouched), restored after."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            yield
+        finally:
+            self.model.train(was_training)
 
     def _adversarial(self, images: torch.Tensor, tokens: torch.Tensor, step: int) -> torch.Tensor:
         """adv_objective 'contrastive' (adv_eps > 0): every other sample of the global batch (the
@@ -271,25 +283,21 @@ class Trainer:
         if cfg.adv_eps <= 0 or cfg.adv_objective != "contrastive":
             return images
         images = images.to(self.device)
-        start, mask = self._attack_start(images, step, every_other=True)
-        pick = mask.view(-1).nonzero().view(-1)                         # this rank's attacked samples
+        start = self._attack_start(images, step)
+        first = (self.rank * len(images)) % 2                           # global positions 0, 2, 4 ...
+        pick = torch.arange(first, len(images), 2, device=self.device)  # this rank's attacked samples
         labels = self.rank * len(images) + pick                         # their captions in the global batch
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with self._eval_mode():
             with torch.no_grad():
                 txt = gather_features(self.model.encode_text(tokens, normalize=True)).float()
                 scale = self.model.logit_scale.exp()
 
             def mismatch(x: torch.Tensor) -> torch.Tensor:
-                img = self.model.encode_image(self.model.preprocess.normalize(x), normalize=True).float()
-                return F.cross_entropy(scale * img @ txt.T, labels, reduction="sum")
+                return F.cross_entropy(scale * _image_features(self.model, x) @ txt.T, labels, reduction="sum")
 
             out = images.clone()
             out[pick] = l2_attack(images[pick], mismatch, cfg.adv_eps, cfg.adv_steps, start[pick])
-            return out
-        finally:
-            self.model.train(was_training)
+        return out
 
     def _anchor_step(self, images: torch.Tensor, step: int) -> torch.Tensor:
         """adv_objective 'anchor': the image tower learns to give every picture within adv_eps of
@@ -299,20 +307,16 @@ class Trainer:
         cfg = self.cfg
         images = images.to(self.device)
         with torch.no_grad():
-            target = self.reference.encode_image(self.reference.preprocess.normalize(images), normalize=True).float()
-        start, mask = self._attack_start(images, step, every_other=False)
+            target = _image_features(self.reference, images)
 
         def drift(x: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:     # summed over samples
-            img = self.model.encode_image(self.model.preprocess.normalize(x), normalize=True).float()
-            return (1 - (img * tgt).sum(dim=-1)).sum()
+            return (1 - (_image_features(self.model, x) * tgt).sum(dim=-1)).sum()
 
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            adv = l2_attack(images, lambda x: drift(x, target), cfg.adv_eps, cfg.adv_steps, start, mask) \
-                if cfg.adv_eps > 0 else images
-        finally:
-            self.model.train(was_training)
+        adv = images
+        if cfg.adv_eps > 0:
+            with self._eval_mode():
+                adv = l2_attack(images, lambda x: drift(x, target), cfg.adv_eps, cfg.adv_steps,
+                                self._attack_start(images, step))
         total = 0.0
         for chunk, tgt in zip(adv.chunk(cfg.accum_steps), target.chunk(cfg.accum_steps)):
             loss = drift(chunk, tgt) / len(images)                     # micro-batch sums: the batch mean
