@@ -251,6 +251,21 @@ def convert(raw: RawCheckpoint, format: str | None = None, arch: str | CLIPConfi
         if oc.get("model_cfg", {}).get("quick_gelu"):
             default_act = "quick_gelu"
         config = infer_config(sd, activation or default_act)
+        vision_cfg = oc.get("model_cfg", {}).get("vision_cfg", {})
+        pool = vision_cfg.get("pool_type", "avg" if vision_cfg.get("global_average_pool") else "tok")
+        if pool not in ("tok", "avg") or vision_cfg.get("attentional_pool") or vision_cfg.get("final_ln_after_pool"):
+            raise CheckpointError(f"{raw.path}: open_clip_config.json asks for an image-tower pooling clipguide does "
+                                  f"not implement (pool_type {pool!r}, attentional_pool, final_ln_after_pool); "
+                                  "supported: pool_type 'tok' (class token) or 'avg' (mean of the patch tokens)")
+        heads = {}                          # the state dict cannot tell head counts; the hub config can
+        if "head_width" in vision_cfg:
+            heads["vision.head_width"] = int(vision_cfg["head_width"])
+        if "heads" in oc.get("model_cfg", {}).get("text_cfg", {}):
+            heads["text.heads"] = int(oc["model_cfg"]["text_cfg"]["heads"])
+        if pool == "avg" and not config.vision.is_resnet:
+            heads["vision.pool"] = "mean"
+        if heads:
+            config = config.replace(**heads)
         pp = oc.get("preprocess_cfg", {})
         if "mean" in pp and "std" in pp:
             config = config.replace(**{"vision.mean": list(pp["mean"]), "vision.std": list(pp["std"])})

@@ -152,6 +152,33 @@ def test_conv_stem_replaces_the_patch_convolution():
     assert model.visual.stem(x).shape == (2, cfg.vision.width, 8, 8)
 
 
+def test_deep_stem_follows_each_halving_with_a_same_size_convolution():
+    cfg = get_config("world-vitc").replace(**{"vision.stem": "deep"})
+    model = build_model(cfg)
+    convs = [m for m in model.visual.stem if isinstance(m, torch.nn.Conv2d)]
+    assert [c.stride for c in convs] == [(2, 2), (1, 1)] * 3 + [(1, 1)]
+    assert [c.out_channels for c in convs] == [24, 24, 48, 48, 96, 96, 192]
+    assert model.visual.stem(torch.rand(2, 3, 64, 64)).shape == (2, cfg.vision.width, 8, 8)
+
+
+def test_mean_pool_projects_the_average_of_the_patch_tokens():
+    cfg = get_config("ViT-nano").replace(**{"vision.pool": "mean"})
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    seen = {}
+    model.visual.transformer.register_forward_hook(lambda m, i, out: seen.update(tokens=out))
+    x = torch.rand(3, 3, cfg.vision.image_size, cfg.vision.image_size)
+    with torch.no_grad():
+        got = model.visual(x)
+        v = model.visual
+        want = v.ln_post(seen["tokens"])[:, 1:].mean(1) @ v.proj
+        cls = v.ln_post(seen["tokens"][:, 0]) @ v.proj
+    torch.testing.assert_close(got, want)
+    assert (got - cls).abs().max() > 1e-3                       # not the class token
+    with pytest.raises(ConfigError, match="vision.pool"):
+        cfg.replace(**{"vision.pool": "max"})
+
+
 # --- configs and registry ----------------------------------------------------------------------------
 def test_registry_lists_required_architectures():
     names = list_models()

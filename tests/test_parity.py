@@ -156,3 +156,49 @@ def test_open_clip_hub_directory_reads_quickgelu_from_its_config(tmp_path):
     assert ours.format == "open_clip" and ours.config.activation == "quick_gelu"
     assert ours.config.vision.mean == (0.5, 0.5, 0.5)
     _assert_parity(ours, theirs, *_inputs(224, 49408, 77, seed=6), atol=1e-5)
+
+
+@pytest.mark.parametrize("pool_key", [{"pool_type": "avg"}, {"global_average_pool": True}])
+def test_open_clip_hub_directory_mean_pooled_vit(tmp_path, pool_key):
+    """A ViT that pools the average of its patch tokens (open_clip's pool_type 'avg'): the state dict
+    is the same as a class-token ViT, so only the hub config tells; features match open_clip."""
+    import json
+
+    from safetensors.torch import save_file
+
+    model_cfg = {"embed_dim": 64,
+                 "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32,
+                                "pool_type": "avg"},
+                 "text_cfg": {"context_length": 16, "vocab_size": 100, "width": 64, "heads": 2, "layers": 2}}
+    torch.manual_seed(4)
+    theirs = open_clip.CLIP(**model_cfg).eval()
+    save_file({k: v.contiguous() for k, v in theirs.state_dict().items()}, str(tmp_path / "open_clip_model.safetensors"))
+    written = json.loads(json.dumps(model_cfg))
+    del written["vision_cfg"]["pool_type"]
+    written["vision_cfg"].update(pool_key)
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": written}))
+    ours = clipguide.load(tmp_path)
+    assert ours.config.vision.pool == "mean"
+    _assert_parity(ours, theirs, *_inputs(32, 100, 16, seed=7), atol=1e-5)
+    # read as a class-token ViT the same tensors give other image features: the pooling matters
+    plain = clipguide.load(tmp_path / "open_clip_model.safetensors", format="open_clip")
+    images = _inputs(32, 100, 16, seed=7)[0]
+    with torch.no_grad():
+        assert (plain.encode_image(images) - ours.encode_image(images)).abs().max() > 1e-2
+
+
+def test_open_clip_hub_directory_unsupported_pooling_is_refused(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    torch.manual_seed(5)
+    model_cfg = {"embed_dim": 64,
+                 "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+                 "text_cfg": {"context_length": 16, "vocab_size": 100, "width": 64, "heads": 2, "layers": 2}}
+    theirs = open_clip.CLIP(**model_cfg)
+    save_file({k: v.contiguous() for k, v in theirs.state_dict().items()}, str(tmp_path / "open_clip_model.safetensors"))
+    model_cfg["vision_cfg"]["pool_type"] = "last"
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
+    with pytest.raises(clipguide.errors.CheckpointError, match="pool_type 'last'"):
+        clipguide.load(tmp_path)

@@ -13,7 +13,8 @@ from ..errors import ConfigError
 from ..typedconfig import check_fields as _check_fields
 
 ACTIVATIONS = ("gelu", "quick_gelu")
-STEMS = ("patch", "conv")
+STEMS = ("patch", "conv", "deep")
+POOLS = ("cls", "mean")
 
 
 @dataclass
@@ -24,7 +25,8 @@ class VisionConfig:
     layers: int | tuple[int, ...] = 12
     width: int = 768
     patch_size: int | None = 32          # ViT only
-    stem: str = "patch"                  # ViT only: "patch" (one strided conv, CLIP's) or "conv" (3x3 convs)
+    stem: str = "patch"                  # ViT only: "patch" (one strided conv, CLIP's), "conv" (3x3 convs) or "deep" (two per halving)
+    pool: str = "cls"                    # ViT only: "cls" (CLIP's class token) or "mean" (average of the patch tokens)
     head_width: int = 64                 # heads = width // head_width (ResNet: width * 32 // head_width)
     mlp_ratio: float = 4.0
     mean: tuple[float, ...] = (0.48145466, 0.4578275, 0.40821073)
@@ -45,10 +47,12 @@ class VisionConfig:
             if self.image_size % 32:
                 raise ConfigError(f"vision.image_size {self.image_size} must be a multiple of 32 for a ResNet")
         else:
+            if self.pool not in POOLS:
+                raise ConfigError(f"vision.pool {self.pool!r} is not one of {POOLS}")
             if self.stem not in STEMS:
                 raise ConfigError(f"vision.stem {self.stem!r} is not one of {STEMS}")
-            if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
-                raise ConfigError(f"vision.stem 'conv' needs a power-of-two patch_size, got {self.patch_size}")
+            if self.stem != "patch" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
+                raise ConfigError(f"vision.stem {self.stem!r} needs a power-of-two patch_size, got {self.patch_size}")
             if not self.patch_size or self.image_size % self.patch_size:
                 raise ConfigError(
                     f"vision.image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")

@@ -1,4 +1,5 @@
-"""Vision Transformer image tower: patches -> class token -> Transformer -> projected class token."""
+"""Vision Transformer image tower: patches -> class token -> Transformer -> projected class token
+(or, with vision.pool "mean", the projected average of the patch tokens)."""
 from __future__ import annotations
 
 import torch
@@ -12,15 +13,17 @@ class ConvStem(nn.Sequential):
     """Patchify with a stack of 3x3 stride-2 convolutions (BatchNorm, ReLU) that halve the side
     log2(patch) times, widths doubling up to width / 2, then a 1x1 projection to the token width:
     the convolutional stem that makes a small ViT train faster and more stably than one strided
-    patch convolution. (B, 3, S, S) -> (B, width, S / patch, S / patch)."""
+    patch convolution. `per_level` 2 (the "deep" stem) follows each halving with a second 3x3
+    convolution at the same size. (B, 3, S, S) -> (B, width, S / patch, S / patch)."""
 
-    def __init__(self, width: int, patch_size: int):
+    def __init__(self, width: int, patch_size: int, per_level: int = 1):
         depth = patch_size.bit_length() - 1
         widths = [3] + [max(8, width >> (depth - i)) for i in range(depth)]
         layers: list[nn.Module] = []
         for cin, cout in zip(widths, widths[1:]):
-            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout),
-                       nn.ReLU(inplace=True)]
+            for k in range(per_level):          # the first halves the side, the rest keep it ("deep")
+                layers += [nn.Conv2d(cin if k == 0 else cout, cout, 3, stride=2 if k == 0 else 1, padding=1,
+                                     bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
         layers.append(nn.Conv2d(widths[-1], width, 1))
         super().__init__(*layers)
 
@@ -29,11 +32,11 @@ class VisionTransformer(nn.Module):
     def __init__(self, cfg: CLIPConfig):
         super().__init__()
         v = cfg.vision
-        self.image_size, self.patch_size = v.image_size, v.patch_size
+        self.image_size, self.patch_size, self.pool = v.image_size, v.patch_size, v.pool
         grid = v.image_size // v.patch_size
         scale = v.width ** -0.5
-        if v.stem == "conv":
-            self.stem = ConvStem(v.width, v.patch_size)
+        if v.stem in ("conv", "deep"):
+            self.stem = ConvStem(v.width, v.patch_size, 2 if v.stem == "deep" else 1)
         else:
             self.conv1 = nn.Conv2d(3, v.width, kernel_size=v.patch_size, stride=v.patch_size, bias=False)
         self.class_embedding = nn.Parameter(scale * torch.randn(v.width))
@@ -54,4 +57,6 @@ class VisionTransformer(nn.Module):
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)   # (B, 1, D)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
         x = self.transformer(self.ln_pre(x))                               # (B, 1+g*g, D)
+        if self.pool == "mean":                                            # ln over every token, then the average
+            return self.ln_post(x)[:, 1:].mean(dim=1) @ self.proj          # of the patch tokens (B, E)
         return self.ln_post(x[:, 0]) @ self.proj                          # (B, E)
