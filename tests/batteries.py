@@ -33,7 +33,7 @@ class GeneratorBattery:
                 latents = [p for p in many.parameters() if p.requires_grad]
                 for p_one, p_many in zip([p for p in one.parameters() if p.requires_grad], latents):
                     p_one.copy_(p_many[i:i + 1])
-            torch.testing.assert_close(one()[0], out[i], atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(one()[0], out[i], atol=1e-5, rtol=1e-5)   # batched kernels sum in another order
 
     init_tolerance = 1e-3     # mean pixel error of a start from an image (lossy latents allow more)
 

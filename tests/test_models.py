@@ -140,6 +140,10 @@ class TestWorldViTConvStem(EncoderBattery):
     arch = "world-vitc"                     # a ViT whose patches come from a stack of 3x3 convolutions
 
 
+class TestWorldViTDeepStem(EncoderBattery):
+    arch = "world-vitd"                     # two 3x3 convolutions per halving
+
+
 def test_conv_stem_replaces_the_patch_convolution():
     cfg = get_config("world-vitc")
     assert cfg.vision.stem == "conv" and cfg.vision.patch_size == 8
