@@ -204,6 +204,30 @@ def _open_clip_hub_config(raw: RawCheckpoint) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def _open_clip_hub_overrides(oc: dict, is_resnet: bool, path) -> dict:
+    """What an open_clip hub config says that the state dict cannot: head counts, the ViT's pooling
+    and the preprocessing statistics, as `CLIPConfig.replace` keys. Poolings clipguide does not
+    implement are refused."""
+    model_cfg = oc.get("model_cfg", {})
+    vision_cfg, text_cfg = model_cfg.get("vision_cfg", {}), model_cfg.get("text_cfg", {})
+    pool = vision_cfg.get("pool_type", "avg" if vision_cfg.get("global_average_pool") else "tok")
+    if pool not in ("tok", "avg") or vision_cfg.get("attentional_pool") or vision_cfg.get("final_ln_after_pool"):
+        raise CheckpointError(f"{path}: open_clip_config.json asks for an image-tower pooling clipguide does "
+                              f"not implement (pool_type {pool!r}, attentional_pool, final_ln_after_pool); "
+                              "supported: pool_type 'tok' (class token) or 'avg' (mean of the patch tokens)")
+    out: dict = {}
+    if "head_width" in vision_cfg:
+        out["vision.head_width"] = int(vision_cfg["head_width"])
+    if "heads" in text_cfg:
+        out["text.heads"] = int(text_cfg["heads"])
+    if pool == "avg" and not is_resnet:
+        out["vision.pool"] = "mean"
+    pp = oc.get("preprocess_cfg", {})
+    if "mean" in pp and "std" in pp:
+        out["vision.mean"], out["vision.std"] = list(pp["mean"]), list(pp["std"])
+    return out
+
+
 def detect_format(raw: RawCheckpoint) -> str:
     if raw.kind == "hf_dir":
         # open_clip's hub layout (open_clip_config.json + open_clip_model.safetensors) holds open_clip keys
@@ -251,24 +275,9 @@ def convert(raw: RawCheckpoint, format: str | None = None, arch: str | CLIPConfi
         if oc.get("model_cfg", {}).get("quick_gelu"):
             default_act = "quick_gelu"
         config = infer_config(sd, activation or default_act)
-        vision_cfg = oc.get("model_cfg", {}).get("vision_cfg", {})
-        pool = vision_cfg.get("pool_type", "avg" if vision_cfg.get("global_average_pool") else "tok")
-        if pool not in ("tok", "avg") or vision_cfg.get("attentional_pool") or vision_cfg.get("final_ln_after_pool"):
-            raise CheckpointError(f"{raw.path}: open_clip_config.json asks for an image-tower pooling clipguide does "
-                                  f"not implement (pool_type {pool!r}, attentional_pool, final_ln_after_pool); "
-                                  "supported: pool_type 'tok' (class token) or 'avg' (mean of the patch tokens)")
-        heads = {}                          # the state dict cannot tell head counts; the hub config can
-        if "head_width" in vision_cfg:
-            heads["vision.head_width"] = int(vision_cfg["head_width"])
-        if "heads" in oc.get("model_cfg", {}).get("text_cfg", {}):
-            heads["text.heads"] = int(oc["model_cfg"]["text_cfg"]["heads"])
-        if pool == "avg" and not config.vision.is_resnet:
-            heads["vision.pool"] = "mean"
-        if heads:
-            config = config.replace(**heads)
-        pp = oc.get("preprocess_cfg", {})
-        if "mean" in pp and "std" in pp:
-            config = config.replace(**{"vision.mean": list(pp["mean"]), "vision.std": list(pp["std"])})
+        overrides = _open_clip_hub_overrides(oc, config.vision.is_resnet, raw.path)
+        if overrides:
+            config = config.replace(**overrides)
         tokenizer = _openai_tokenizer(config)
     if arch is not None:
         config = get_config(arch) if isinstance(arch, str) else arch

@@ -138,20 +138,25 @@ def test_hf_directory(tmp_path, act):
     assert float(ours.logit_scale) == pytest.approx(float(theirs.logit_scale))
 
 
-def test_open_clip_hub_directory_reads_quickgelu_from_its_config(tmp_path):
-    """open_clip's hub layout: open_clip_config.json (model_cfg with quick_gelu) + open_clip_model.safetensors."""
+def _write_hub_directory(path, model, open_clip_config: dict) -> None:
+    """open_clip's hub layout: open_clip_model.safetensors + open_clip_config.json."""
     import json
 
     from safetensors.torch import save_file
 
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path / "open_clip_model.safetensors"))
+    (path / "open_clip_config.json").write_text(json.dumps(open_clip_config))
+
+
+def test_open_clip_hub_directory_reads_quickgelu_from_its_config(tmp_path):
+    """open_clip's hub layout: open_clip_config.json (model_cfg with quick_gelu) + open_clip_model.safetensors."""
     torch.manual_seed(3)
     theirs = open_clip.create_model("RN50-quickgelu", pretrained=None).eval()
-    save_file({k: v.contiguous() for k, v in theirs.state_dict().items()}, str(tmp_path / "open_clip_model.safetensors"))
     cfg = {"model_cfg": {"embed_dim": 1024, "quick_gelu": True,
                          "vision_cfg": {"image_size": 224, "layers": [3, 4, 6, 3], "width": 64},
                          "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12}},
            "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}
-    (tmp_path / "open_clip_config.json").write_text(json.dumps(cfg))
+    _write_hub_directory(tmp_path, theirs, cfg)
     ours = clipguide.load(tmp_path)
     assert ours.format == "open_clip" and ours.config.activation == "quick_gelu"
     assert ours.config.vision.mean == (0.5, 0.5, 0.5)
@@ -162,21 +167,14 @@ def test_open_clip_hub_directory_reads_quickgelu_from_its_config(tmp_path):
 def test_open_clip_hub_directory_mean_pooled_vit(tmp_path, pool_key):
     """A ViT that pools the average of its patch tokens (open_clip's pool_type 'avg'): the state dict
     is the same as a class-token ViT, so only the hub config tells; features match open_clip."""
-    import json
-
-    from safetensors.torch import save_file
-
     model_cfg = {"embed_dim": 64,
                  "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32,
                                 "pool_type": "avg"},
                  "text_cfg": {"context_length": 16, "vocab_size": 100, "width": 64, "heads": 2, "layers": 2}}
     torch.manual_seed(4)
     theirs = open_clip.CLIP(**model_cfg).eval()
-    save_file({k: v.contiguous() for k, v in theirs.state_dict().items()}, str(tmp_path / "open_clip_model.safetensors"))
-    written = json.loads(json.dumps(model_cfg))
-    del written["vision_cfg"]["pool_type"]
-    written["vision_cfg"].update(pool_key)
-    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": written}))
+    vision_cfg = {k: v for k, v in model_cfg["vision_cfg"].items() if k != "pool_type"} | pool_key
+    _write_hub_directory(tmp_path, theirs, {"model_cfg": {**model_cfg, "vision_cfg": vision_cfg}})
     ours = clipguide.load(tmp_path)
     assert ours.config.vision.pool == "mean"
     _assert_parity(ours, theirs, *_inputs(32, 100, 16, seed=7), atol=1e-5)
@@ -188,17 +186,12 @@ def test_open_clip_hub_directory_mean_pooled_vit(tmp_path, pool_key):
 
 
 def test_open_clip_hub_directory_unsupported_pooling_is_refused(tmp_path):
-    import json
-
-    from safetensors.torch import save_file
-
     torch.manual_seed(5)
     model_cfg = {"embed_dim": 64,
                  "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
                  "text_cfg": {"context_length": 16, "vocab_size": 100, "width": 64, "heads": 2, "layers": 2}}
     theirs = open_clip.CLIP(**model_cfg)
-    save_file({k: v.contiguous() for k, v in theirs.state_dict().items()}, str(tmp_path / "open_clip_model.safetensors"))
     model_cfg["vision_cfg"]["pool_type"] = "last"
-    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
+    _write_hub_directory(tmp_path, theirs, {"model_cfg": model_cfg})
     with pytest.raises(clipguide.errors.CheckpointError, match="pool_type 'last'"):
         clipguide.load(tmp_path)

@@ -9,6 +9,9 @@ from .config import CLIPConfig
 from .layers import LayerNorm, Transformer, init_positions
 
 
+CONVS_PER_HALVING = {"conv": 1, "deep": 2}     # convolutional stems by vision.stem
+
+
 class ConvStem(nn.Sequential):
     """Patchify with a stack of 3x3 stride-2 convolutions (BatchNorm, ReLU) that halve the side
     log2(patch) times, widths doubling up to width / 2, then a 1x1 projection to the token width:
@@ -35,8 +38,8 @@ class VisionTransformer(nn.Module):
         self.image_size, self.patch_size, self.pool = v.image_size, v.patch_size, v.pool
         grid = v.image_size // v.patch_size
         scale = v.width ** -0.5
-        if v.stem in ("conv", "deep"):
-            self.stem = ConvStem(v.width, v.patch_size, 2 if v.stem == "deep" else 1)
+        if v.stem in CONVS_PER_HALVING:
+            self.stem = ConvStem(v.width, v.patch_size, CONVS_PER_HALVING[v.stem])
         else:
             self.conv1 = nn.Conv2d(3, v.width, kernel_size=v.patch_size, stride=v.patch_size, bias=False)
         self.class_embedding = nn.Parameter(scale * torch.randn(v.width))
@@ -57,6 +60,6 @@ class VisionTransformer(nn.Module):
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)   # (B, 1, D)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
         x = self.transformer(self.ln_pre(x))                               # (B, 1+g*g, D)
-        if self.pool == "mean":                                            # ln over every token, then the average
-            return self.ln_post(x)[:, 1:].mean(dim=1) @ self.proj          # of the patch tokens (B, E)
+        if self.pool == "mean":                                            # average of the patch tokens (B, E)
+            return self.ln_post(x[:, 1:]).mean(dim=1) @ self.proj
         return self.ln_post(x[:, 0]) @ self.proj                          # (B, E)
