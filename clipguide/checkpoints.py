@@ -410,7 +410,13 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu", pr
 
 
 def bundled_models() -> list[str]:
-    return sorted(p.stem for p in ASSETS.glob("*.safetensors")) if ASSETS.is_dir() else []
+    """Names of the bundled CLIP models (the generators' bundled networks are not among them)."""
+    from .generators import BUNDLED
+
+    if not ASSETS.is_dir():
+        return []
+    generators = set(BUNDLED.values())
+    return sorted(p.stem for p in ASSETS.glob("*.safetensors") if p.name not in generators)
 
 
 # ---------------------------------------------------------------------------------------------------

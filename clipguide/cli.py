@@ -191,14 +191,16 @@ def _eval_guided(args) -> int:
         prompts = world_prompt_suite()
     report, pictures = guided_eval(guide, judge, prompts, generator=args.generator, steps=args.steps, lr=args.lr,
                                    cutouts=args.cutouts, size=args.size, seed=args.seed, tv=args.tv,
-                                   generator_model=args.generator_model)
+                                   generator_model=args.generator_model, generator_options=_generator_options(args),
+                                   run_options=_run_options(args))
     for i, p in enumerate(report.prompts):
         print(json.dumps({"prompt": p, "guide_score": round(report.guide[i], 4),
                           "augmented_score": round(report.augmented[i], 4), "judge_correct": report.judge_correct[i],
                           "oracle_passed": report.oracle_passed[i],
                           "adversarial": report.adversarial[i] if report.adversarial else None}), flush=True)
     summary = {"task": "guided", "guide": args.model, "judge": args.judge, "generator": args.generator,
-               "steps": args.steps, "cutouts": args.cutouts, "seed": args.seed, **report.summary()}
+               "steps": args.steps, "cutouts": args.cutouts, "seed": args.seed, **_run_options(args),
+               **report.summary()}
     print(json.dumps(summary), flush=True)
     if args.sheet:
         from clipguide.world import contact_sheet
@@ -261,7 +263,8 @@ def cmd_generate(args) -> int:
     result = guided_image(model, args.prompt, generator=args.generator, size=args.size, steps=args.steps,
                           lr=args.lr, cutouts=args.cutouts, seed=args.seed, tv=args.tv,
                           frame_every=max(1, args.steps // 40) if args.timelapse else 0,
-                          network=_generator_network(args), generator_options=_generator_options(args))
+                          network=_generator_network(args), generator_options=_generator_options(args),
+                          run_options=_run_options(args))
     return _write_result(result, args)
 
 
@@ -285,10 +288,24 @@ def _generator_network(args):
 def _generator_options(args) -> dict:
     options = {}
     if args.generator == "stylegan":
-        options.update(space=args.space, truncation=args.truncation)
+        options.update(space=getattr(args, "space", "w+"), truncation=getattr(args, "truncation", 0.7))
     if args.generator == "diffusion":
         options.update(sample_steps=args.steps)
     return options
+
+
+def _run_options(args) -> dict:
+    """Options of the generator's run(): the diffusion guidance scale."""
+    from clipguide.errors import InputError
+
+    scale = getattr(args, "guidance_scale", None)
+    if scale is None:
+        return {}
+    if args.generator != "diffusion":
+        raise InputError(f"--guidance-scale applies to --generator diffusion, not {args.generator}")
+    if scale < 0:
+        raise InputError(f"--guidance-scale must be >= 0, got {scale}")
+    return {"guidance_scale": scale}
 
 
 def cmd_edit(args) -> int:
@@ -303,7 +320,7 @@ def cmd_edit(args) -> int:
                         preserve=args.preserve, latent_weight=args.latent_weight, steps=args.steps, lr=args.lr,
                         cutouts=args.cutouts, seed=args.seed, size=args.size, strength=args.strength,
                         network=_generator_network(args), generator_options=_generator_options(args),
-                        frame_every=max(1, args.steps // 40) if args.timelapse else 0)
+                        run_options=_run_options(args), frame_every=max(1, args.steps // 40) if args.timelapse else 0)
     return _write_result(result, args)
 
 
@@ -317,7 +334,13 @@ def _add_generator_args(p: argparse.ArgumentParser, default: str = "fourier") ->
     p.add_argument("--generator-config", default=None, metavar="YAML",
                    help="vqgan: the taming YAML beside the .ckpt (else read from the weights)")
     p.add_argument("--space", choices=["w", "w+"], default="w+", help="stylegan: latent space (default w+)")
+    _add_guidance_scale(p)
     p.add_argument("--truncation", type=float, default=0.7, help="stylegan: truncation of the start (default 0.7)")
+
+
+def _add_guidance_scale(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--guidance-scale", type=float, default=None, metavar="S",
+                   help="diffusion: weight of the CLIP gradient on each denoising step (default 0.5)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -379,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="guided, edits: the generator steered (default fourier)")
     p.add_argument("--generator-model", default=None,
                    help="guided, edits: the generator's network (default: the bundled one of its family)")
+    _add_guidance_scale(p)
     p.add_argument("--edits", type=int, default=30, help="edits: pictures edited (default 30)")
     p.add_argument("--preserve", type=float, default=1.0, help="edits: weight of staying near the original (default 1)")
     p.add_argument("--steps", type=int, default=100, help="guided: steps per picture (default 100)")

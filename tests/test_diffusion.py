@@ -214,3 +214,27 @@ def test_bad_directories_say_what_is_wrong(tmp_path, pixel_dir):
                        ({"scheduler": "euler"}, "scheduler"), ({"steps": 0}, "steps")]:
         with pytest.raises(InputError, match=match):
             gen.run(_redness, progress=False, **bad)
+
+
+def test_guidance_scale_on_the_command_line(pixel_dir, tmp_path, capsys):
+    """`clipguide generate --guidance-scale` reaches the diffusion sampler (it is in the PNG's
+    provenance); other generators refuse it with a message."""
+    from PIL import Image
+
+    import clipguide
+    from clipguide.cli import main
+    from clipguide.tokenizer import Tokenizer
+
+    torch.manual_seed(0)
+    tok = Tokenizer.train(["a red circle", "a blue square"] * 8, vocab_size=600, context_length=16)
+    clip = clipguide.save(clipguide.create_model("ViT-nano", tokenizer=tok), tmp_path / "nano.safetensors")
+    out = tmp_path / "d.png"
+    args = ["generate", "a red circle", "--model", str(clip), "--out", str(out), "--steps", "2", "--cutouts", "2",
+            "--size", "16", "--generator", "diffusion", "--generator-model", str(pixel_dir)]
+    assert main(args + ["--guidance-scale", "2.5"]) == 0
+    provenance = json.loads(Image.open(out).text["clipguide"])
+    assert provenance["guidance_scale"] == 2.5 and provenance["sampler"] == "ddim"
+    assert main(args[:-4] + ["--guidance-scale", "1"]) == 2
+    assert "applies to --generator diffusion" in capsys.readouterr().err
+    assert main(args + ["--guidance-scale", "-1"]) == 2
+    assert "must be >= 0" in capsys.readouterr().err

@@ -2,6 +2,8 @@
 killed run resumes to exactly the weights of an uninterrupted one."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -73,3 +75,26 @@ def test_bad_settings_are_refused(tmp_path):
     cfg = T.GeneratorTrainConfig.from_args("diffusion", ["steps=10", "arch.layers_per_block=2"])
     assert cfg.steps == 10 and cfg.architecture["layers_per_block"] == 2 and cfg.batch_size > 0
     assert "--set arch.layers_per_block=2" in T.command_line(cfg)
+
+
+def test_diffusion_targets_schedules_and_moving_average(tmp_path):
+    """v-prediction with a cosine schedule trains and exports the moving average, which the loader
+    reads back with the same prediction type; bad values are refused by name."""
+    arch = {**TINY["diffusion"], "prediction_type": "v_prediction", "beta_schedule": "squaredcos_cap_v2", "ema": 0.5}
+    cfg = _cfg("diffusion", tmp_path / "v", arch=arch, steps=4)
+    path = T.train_generator(cfg, progress=False)
+    state = torch.load(tmp_path / "v" / "checkpoint.pt", weights_only=False)["family"]["nets"]
+    unet, ema = state["unet"], state["ema"]
+    assert any(not torch.equal(unet[k], ema[k]) for k in unet)        # the average lags the weights
+    net = load_network("diffusion", str(path))
+    assert net.scheduler.config.prediction_type == "v_prediction"
+    assert net.scheduler.config.beta_schedule == "squaredcos_cap_v2"
+    exported = net.unet.state_dict()
+    k = next(iter(k for k in ema if ema[k].is_floating_point() and ema[k].abs().sum() > 0))
+    assert torch.allclose(exported[k].float(), ema[k].half().float())
+    img = build_generator("diffusion", network=net, size=32, seed=0)()
+    assert img.shape == (1, 3, 32, 32) and torch.isfinite(img).all()
+    for key, bad, message in (("prediction_type", "noise", "prediction_type"),
+                              ("beta_schedule", "cubic", "beta_schedule"), ("ema", 1.0, "ema")):
+        with pytest.raises(ConfigError, match=message):
+            T.GeneratorTrainConfig.from_args("diffusion", [f"arch.{key}={json.dumps(bad)}"])

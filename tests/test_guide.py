@@ -273,6 +273,28 @@ def test_score_report_and_adversarial_flag(model):
     assert same.oracle_passed[0] in (True, False)          # world captions get oracle checks
 
 
+def test_score_reports_the_unguided_baseline(model):
+    """The pictures before guidance are scored by the same judge and oracle; the margin is the
+    difference of the correct shares."""
+    from clipguide.guide import score
+
+    judge = clipguide.create_model("ViT-nano", tokenizer=model.tokenizer).eval()
+    prompts = ["a red circle", "a blue square", "a gothic church at night"]
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    same = score(images, prompts, guide=model, judge=judge, initial_images=images)
+    s = same.summary()
+    assert same.unguided_judge_correct == same.judge_correct
+    assert same.unguided_oracle_passed == same.oracle_passed
+    assert same.oracle_passed[2] is None or isinstance(same.oracle_passed[2], bool)
+    assert s["margin"] == 0 and s["unguided_correct"] == s["correct"]
+    gray = torch.full_like(images, 0.5)                     # nothing drawn: the oracle finds no object
+    before = score(images, prompts, guide=model, judge=judge, initial_images=gray)
+    assert before.unguided_oracle_passed[:2] == [False, False]
+    b = before.summary()
+    assert b["unguided_oracle_pass"] <= 0.5 and b["margin"] == round(b["correct"] - b["unguided_correct"], 4)
+    assert "margin" not in score(images, prompts, guide=model, judge=judge).summary()
+
+
 @pytest.mark.parametrize("arch", ["ViT-nano", "RN-nano"])
 def test_bf16_guidance_gradient_matches_fp32(model, arch):
     """A frozen bf16 model keeps bf16 weights (no per-step casts); its gradient stays close to fp32's."""

@@ -1,12 +1,17 @@
 """Copy a finished training run into the package as a bundled model.
 
-    python tools/bundle.py runs/default default
+    python tools/bundle.py runs/default default        # a CLIP run (clipguide train)
+    python tools/bundle.py runs/gen-diffusion          # a generator run (clipguide train-generator)
 
-writes clipguide/assets/default.safetensors (the run's fp16 export), default.md (its model card,
-with the pictures linked) and default-curves.png / default-confusion.png, then checks that every
-bundled file together stays under the 64 MB budget and that the model loads by name."""
+A CLIP run gives clipguide/assets/default.safetensors (the run's fp16 export), default.md (its model
+card, with the pictures linked) and default-curves.png / default-confusion.png. A generator run gives
+the family's bundled network under the name the generators look for (world-diffusion/,
+world-vqgan.safetensors, world-stylegan.safetensors), its card (world-<family>.md) and its sheet of
+unguided samples. Both then check that every bundled file together stays under the 64 MB budget
+and that the network loads."""
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -31,18 +36,59 @@ def bundle(run: Path, name: str) -> None:
             shutil.copyfile(src, ASSETS / f"{name}-{pic}.png")
             text += f"\n![{pic}]({name}-{pic}.png)\n"
     (ASSETS / f"{name}.md").write_text(text)
-    total = sum(p.stat().st_size for p in ASSETS.iterdir() if p.is_file())
-    print(f"bundled {name}: {(ASSETS / f'{name}.safetensors').stat().st_size / 2**20:.1f} MB; "
-          f"all bundled files {total / 2**20:.1f} MB of {BUDGET / 2**20:.0f} MB")
-    if total > BUDGET:
-        sys.exit("over the bundled-weights budget")
+    _check_budget(name, ASSETS / f"{name}.safetensors")
     import clipguide
 
     model = clipguide.load(name)
     print(f"loads as {name!r}: {model.num_parameters():,} parameters, {model.config.vision.image_size} px")
 
 
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _check_budget(name: str, weights: Path) -> None:
+    total = _size(ASSETS)
+    print(f"bundled {name}: {_size(weights) / 2**20:.1f} MB; "
+          f"all bundled files {total / 2**20:.1f} MB of {BUDGET / 2**20:.0f} MB")
+    if total > BUDGET:
+        sys.exit("over the bundled-weights budget")
+
+
+def bundle_generator(run: Path) -> None:
+    """A finished `clipguide train-generator` run into the assets as its family's bundled network."""
+    from clipguide.generators import BUNDLED, load_network
+
+    family = json.loads((run / "config.json").read_text())["family"]
+    asset = BUNDLED[family]
+    export, card = run / asset, run / "MODEL_CARD.md"
+    for f in (export, card):
+        if not f.exists():
+            sys.exit(f"{f} is missing: is the run finished?")
+    stem = asset.removesuffix(".safetensors")
+    ASSETS.mkdir(exist_ok=True)
+    target = ASSETS / asset
+    if target.is_dir():
+        shutil.rmtree(target)
+    if export.is_dir():
+        shutil.copytree(export, target)
+    else:
+        shutil.copyfile(export, target)
+    text = card.read_text().replace("`samples.png`", f"`{stem}-samples.png`")
+    if (run / "samples.png").is_file():
+        shutil.copyfile(run / "samples.png", ASSETS / f"{stem}-samples.png")
+        text += f"\n![unguided samples]({stem}-samples.png)\n"
+    (ASSETS / f"{stem}.md").write_text(text)
+    _check_budget(stem, target)
+    load_network(family)
+    print(f"loads as the bundled {family} network")
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit("usage: python tools/bundle.py RUN_DIR NAME")
-    bundle(Path(sys.argv[1]), sys.argv[2])
+    if len(sys.argv) == 2 and (Path(sys.argv[1]) / "config.json").is_file() \
+            and "family" in json.loads((Path(sys.argv[1]) / "config.json").read_text()):
+        bundle_generator(Path(sys.argv[1]))
+    elif len(sys.argv) == 3:
+        bundle(Path(sys.argv[1]), sys.argv[2])
+    else:
+        sys.exit("usage: python tools/bundle.py RUN_DIR NAME (a CLIP run) | RUN_DIR (a generator run)")

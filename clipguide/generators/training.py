@@ -33,8 +33,12 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
               "attn_resolutions": [16], "z_channels": 32},
     "stylegan": {"style_dim": 128, "n_mlp": 4, "channel_max": 128, "channel_multiplier": 1, "d_channels": 64},
     "diffusion": {"block_out_channels": [32, 64, 64], "layers_per_block": 1, "train_timesteps": 1000,
-                  "attention": True, "norm_num_groups": 8},
+                  "attention": True, "norm_num_groups": 8, "beta_schedule": "linear", "prediction_type": "epsilon",
+                  "ema": 0.0},
 }
+# diffusion: the noise schedules and UNet targets training offers (the loader reads all three targets)
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 DEFAULTS = {"vqgan": {"lr": 4e-4, "batch_size": 32}, "stylegan": {"lr": 2e-3, "batch_size": 32},
             "diffusion": {"lr": 5e-4, "batch_size": 32}}
 
@@ -69,6 +73,14 @@ class GeneratorTrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.size & (self.size - 1):
             raise ConfigError(f"size must be a power of two, got {self.size}")
+        if self.family == "diffusion":
+            a = self.architecture
+            if a["beta_schedule"] not in BETA_SCHEDULES:
+                raise ConfigError(f"arch.beta_schedule {a['beta_schedule']!r} is not one of {BETA_SCHEDULES}")
+            if a["prediction_type"] not in PREDICTION_TYPES:
+                raise ConfigError(f"arch.prediction_type {a['prediction_type']!r} is not one of {PREDICTION_TYPES}")
+            if not 0 <= a["ema"] < 1:
+                raise ConfigError(f"arch.ema must be in [0, 1) (0: no moving average), got {a['ema']!r}")
         self.batch_size = self.batch_size or DEFAULTS[self.family]["batch_size"]
         self.lr = self.lr or DEFAULTS[self.family]["lr"]
         return self
@@ -286,8 +298,10 @@ class _StyleGAN(_Family):
 
 
 class _Diffusion(_Family):
-    """A diffusers UNet2DModel predicting the noise (DDPM, linear betas, `train_timesteps` steps),
-    trained with the plain mean squared error."""
+    """A diffusers UNet2DModel trained with the plain mean squared error on DDPM noisy pictures
+    (`train_timesteps` steps, `beta_schedule`), predicting the noise, the clean picture or v
+    (`prediction_type`). With `ema` > 0 an exponential moving average of the weights is kept; it
+    makes the samples and is what is exported."""
 
     def __init__(self, cfg: GeneratorTrainConfig, g: torch.Generator):
         from .diffusion import _diffusers
@@ -303,34 +317,52 @@ class _Diffusion(_Family):
         self.unet = d.UNet2DModel(sample_size=cfg.size, in_channels=3, out_channels=3, block_out_channels=chans,
                                   layers_per_block=a["layers_per_block"], down_block_types=tuple(down),
                                   up_block_types=tuple(up), norm_num_groups=a["norm_num_groups"])
-        self.scheduler = d.DDPMScheduler(num_train_timesteps=a["train_timesteps"], beta_schedule="linear",
-                                         prediction_type="epsilon", clip_sample=True)
+        self.scheduler = d.DDPMScheduler(num_train_timesteps=a["train_timesteps"], beta_schedule=a["beta_schedule"],
+                                         prediction_type=a["prediction_type"], clip_sample=True)
         self.nets = {"unet": self.unet}
+        self.ema_decay = float(a["ema"])
+        if self.ema_decay:
+            import copy
+
+            self.nets["ema"] = copy.deepcopy(self.unet).requires_grad_(False)
         self.optims = {"unet": torch.optim.AdamW(self.unet.parameters(), lr=cfg.lr, weight_decay=0.0)}
         self.g = g
+
+    @property
+    def _final(self):                                  # the network that samples and is exported
+        return self.nets.get("ema", self.unet)
 
     def step(self, x: torch.Tensor, step: int) -> dict[str, float]:
         n = x.shape[0]
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (n,), generator=self.g)
         noise = torch.randn(x.shape, generator=self.g)
         noisy = self.scheduler.add_noise(x, noise, t)
-        loss = F.mse_loss(self.unet(noisy, t).sample, noise)
+        kind = self.scheduler.config.prediction_type
+        target = {"epsilon": noise, "sample": x}.get(kind)
+        if target is None:
+            target = self.scheduler.get_velocity(x, noise, t)
+        loss = F.mse_loss(self.unet(noisy, t).sample, target)
         opt = self.optims["unet"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.unet.parameters(), 1.0)
         opt.step()
+        if self.ema_decay:
+            with torch.no_grad():
+                for pe, p in zip(self.nets["ema"].parameters(), self.unet.parameters()):
+                    pe.lerp_(p, 1 - self.ema_decay)
         return {"loss": loss.item()}
 
     @torch.no_grad()
     def samples(self, x: torch.Tensor, n: int, g: torch.Generator, steps: int = 50) -> torch.Tensor:
         from .diffusion import DiffusionModel, ddim_sample
 
-        self.unet.eval()
-        model = DiffusionModel(unet=self.unet, scheduler=self.scheduler)
+        net = self._final
+        net.eval()
+        model = DiffusionModel(unet=net, scheduler=self.scheduler)
         noise = torch.randn(n, 3, x.shape[-2], x.shape[-1], generator=g)
         out = ddim_sample(model, noise, steps)
-        self.unet.train()
+        net.train()
         return out.clamp(-1, 1)
 
     def export(self, out: Path, metadata: dict[str, str]) -> Path:
@@ -341,7 +373,7 @@ class _Diffusion(_Family):
 
         root = out / "world-diffusion"
         root.mkdir(parents=True, exist_ok=True)
-        unet = copy.deepcopy(self.unet).to(torch.float16)
+        unet = copy.deepcopy(self._final).to(torch.float16)
         unet.save_pretrained(root / "unet", safe_serialization=True)
         self.scheduler.save_pretrained(root / "scheduler")
         index = {"_class_name": "DDPMPipeline", "_diffusers_version": _diffusers_version(),

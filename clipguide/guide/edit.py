@@ -55,11 +55,13 @@ def edit_image(model, image: torch.Tensor, prompt, *, source: str | None = None,
                mask: torch.Tensor | None = None, preserve: float = 1.0, latent_weight: float = 0.0,
                steps: int = 100, lr: float = 0.05, cutouts: int = 16, seed: int = 0, size: int | None = None,
                strength: float = 0.6, network=None, generator_model=None, generator_options: dict | None = None,
-               progress: bool = True, frame_every: int = 0, callback=None, callback_every: int = 1):
+               progress: bool = True, frame_every: int = 0, callback=None, callback_every: int = 1,
+               run_options: dict | None = None):
     """Edit `image` (1, 3, H, W) in [0, 1] toward `prompt` with guide `model`. With `source` (what the
     image shows now) the loss is directional. `strength` is how far a diffusion edit re-noises the
-    image (0-1). `callback(StepInfo)` runs every `callback_every` steps. Returns a SteerResult whose
-    provenance records the edit."""
+    image (0-1). `callback(StepInfo)` runs every `callback_every` steps; `run_options` go to the
+    generator's run() (diffusion: guidance_scale). Returns a SteerResult whose provenance records
+    the edit."""
     from ..generators import build_generator, load_network
     from .augment import Cutouts
     from .loss import CLIPLoss
@@ -111,7 +113,7 @@ def edit_image(model, image: torch.Tensor, prompt, *, source: str | None = None,
     shown = composited if region is not None and callback is not None else callback
     result = gen.run(loss, steps=steps, lr=lr, seed=seed, regularisers=regs, latent_weight=latent_weight,
                      strength=strength, progress=progress, frame_every=frame_every, settings=settings,
-                     callback=shown, callback_every=callback_every)
+                     callback=shown, callback_every=callback_every, **(run_options or {}))
     if region is not None:
         with torch.no_grad():
             result.images = loss.composite(result.images)

@@ -59,17 +59,31 @@ class ScoreReport:
     judge_correct: list[bool]
     oracle_passed: list[bool | None]            # None where the oracle has nothing to check
     adversarial: list[bool] = field(default_factory=list)
+    # the same judge and oracle on the pictures before guidance (the generator's unguided samples)
+    unguided_judge_correct: list[bool] = field(default_factory=list)
+    unguided_oracle_passed: list[bool | None] = field(default_factory=list)
 
     def summary(self) -> dict:
         n = max(1, len(self.prompts))
-        checked = [o for o in self.oracle_passed if o is not None]
-        return {"n": len(self.prompts),
-                "guide_score": round(sum(self.guide) / n, 4),
-                "augmented_score": round(sum(self.augmented) / n, 4),
-                "judge_top1": round(sum(self.judge_correct) / n, 4),
-                "oracle_pass": round(sum(checked) / len(checked), 4) if checked else None,
-                "correct": round(sum(j and (o is None or o) for j, o in zip(self.judge_correct, self.oracle_passed)) / n, 4),
-                "adversarial_share": round(sum(self.adversarial) / n, 4) if self.adversarial else None}
+        out = {"n": len(self.prompts),
+               "guide_score": round(sum(self.guide) / n, 4),
+               "augmented_score": round(sum(self.augmented) / n, 4),
+               **_rates(self.judge_correct, self.oracle_passed),
+               "adversarial_share": round(sum(self.adversarial) / n, 4) if self.adversarial else None}
+        if self.unguided_judge_correct:
+            before = _rates(self.unguided_judge_correct, self.unguided_oracle_passed)
+            out.update({f"unguided_{k}": v for k, v in before.items()})
+            out["margin"] = round(out["correct"] - before["correct"], 4)
+        return out
+
+
+def _rates(judge_correct: Sequence[bool], oracle_passed: Sequence[bool | None]) -> dict:
+    """judge_top1, oracle_pass (over the prompts the oracle can check) and correct (both hold)."""
+    n = max(1, len(judge_correct))
+    checked = [o for o in oracle_passed if o is not None]
+    return {"judge_top1": round(sum(judge_correct) / n, 4),
+            "oracle_pass": round(sum(checked) / len(checked), 4) if checked else None,
+            "correct": round(sum(j and (o is None or o) for j, o in zip(judge_correct, oracle_passed)) / n, 4)}
 
 
 def score(images: torch.Tensor, prompts: Sequence[str], guide: CLIP, judge: CLIP | None = None,
@@ -77,13 +91,15 @@ def score(images: torch.Tensor, prompts: Sequence[str], guide: CLIP, judge: CLIP
           oracle: bool = True) -> ScoreReport:
     """Score image i against prompt i. `suite`: the candidate captions the judge chooses among
     (default: the prompts themselves). `initial_images`: the images before guidance, to flag runs
-    whose guide score rose while the judge's score of the prompt did not."""
+    whose guide score rose while the judge's score of the prompt did not, and scored by the same
+    judge and oracle as the unguided baseline (summary: unguided_* and margin)."""
     prompts = list(prompts)
     guide_text = _text(guide, prompts)                      # every text and image encoded once per model
     g = (_image(guide, images) * guide_text).sum(dim=-1)
     aug = _augmented(guide, images, guide_text)
     judge_correct = [True] * len(prompts)
     adversarial: list[bool] = []
+    unguided: list[bool] = []
     if judge is not None:
         cands = list(suite) if suite is not None else prompts
         truth = torch.tensor([cands.index(p) for p in prompts])
@@ -97,13 +113,19 @@ def score(images: torch.Tensor, prompts: Sequence[str], guide: CLIP, judge: CLIP
             j1 = (judge_image * judge_text).sum(dim=-1)
             adversarial = [(a > b + 0.02) and not (d > c + 0.005) for a, b, c, d in
                            zip(g.tolist(), g0.tolist(), j0.tolist(), j1.tolist())]
-    passed: list[bool | None] = [None] * len(prompts)
-    if oracle:
-        from ..world import oracle as world_oracle
-        from ..world.parse import parse_caption
+            unguided = ((_image(judge, initial_images) @ cand_text.T).argmax(dim=-1) == truth).tolist()
+    passed = _oracle(images, prompts) if oracle else [None] * len(prompts)
+    passed0 = (_oracle(initial_images, prompts) if oracle else [None] * len(prompts)) if unguided else []
+    return ScoreReport(prompts, g.tolist(), aug.tolist(), judge_correct, passed, adversarial, unguided, passed0)
 
-        for i, p in enumerate(prompts):
-            attrs = parse_caption(p)
-            if attrs is not None:
-                passed[i] = bool(world_oracle.check(images[i], attrs).passed)
-    return ScoreReport(prompts, g.tolist(), aug.tolist(), judge_correct, passed, adversarial)
+
+def _oracle(images: torch.Tensor, prompts: Sequence[str]) -> list[bool | None]:
+    """The world oracle's verdict on image i for prompt i (None where it cannot read the prompt)."""
+    from ..world import oracle as world_oracle
+    from ..world.parse import parse_caption
+
+    passed: list[bool | None] = []
+    for image, p in zip(images, prompts):
+        attrs = parse_caption(p)
+        passed.append(None if attrs is None else bool(world_oracle.check(image, attrs).passed))
+    return passed

@@ -59,16 +59,17 @@ def guided_image(model, prompt: str, *, generator: str = "fourier", size: int | 
                  steps: int = 100, lr: float = 0.05, cutouts: int = 16, seed: int = 0, tv: float = 0.0,
                  frame_every: int = 0, progress: bool = True, network=None, generator_model=None,
                  generator_options: dict | None = None, init: torch.Tensor | None = None,
-                 callback=None, callback_every: int = 1):
+                 callback=None, callback_every: int = 1, run_options: dict | None = None):
     """One picture for `prompt` (weighted and negative parts allowed: "a gothic church:1 | blurry:-0.5"):
     a generator of family `generator` (pixels, fourier, vqgan, stylegan, diffusion; its network
     `network` or loaded from `generator_model`) steered by CLIPLoss with `model`. `callback(StepInfo)`
     runs every `callback_every` steps (raise StopSteering there to end early, keeping the best
-    picture). Returns the SteerResult (image, losses, provenance)."""
+    picture). `run_options` go to the generator's run() (diffusion: guidance_scale). Returns the
+    SteerResult (image, losses, provenance)."""
     gen, size = _generator(model, generator, size, seed, network, generator_model, generator_options, init)
     return _steer_prompt(gen, model, prompt, generator=generator, size=size, steps=steps, lr=lr, cutouts=cutouts,
                          seed=seed, tv=tv, frame_every=frame_every, progress=progress, callback=callback,
-                         callback_every=callback_every)
+                         callback_every=callback_every, run_options=run_options)
 
 
 def _generator(model, generator: str, size, seed: int, network=None, generator_model=None,
@@ -86,7 +87,8 @@ def _generator(model, generator: str, size, seed: int, network=None, generator_m
 
 
 def _steer_prompt(gen, model, prompt: str, *, generator: str, size, steps: int, lr: float, cutouts: int, seed: int,
-                  tv: float, frame_every: int = 0, progress: bool = True, callback=None, callback_every: int = 1):
+                  tv: float, frame_every: int = 0, progress: bool = True, callback=None, callback_every: int = 1,
+                  run_options: dict | None = None):
     from .augment import Cutouts
     from .loss import CLIPLoss
     from .regularisers import total_variation
@@ -97,16 +99,18 @@ def _steer_prompt(gen, model, prompt: str, *, generator: str, size, steps: int, 
     return gen.run(loss, steps=steps, lr=lr, seed=seed,
                    regularisers=[(total_variation, tv)] if tv else (), frame_every=frame_every,
                    progress=progress, settings={"generator": generator, "size": size, "cutouts": cutouts},
-                   callback=callback, callback_every=callback_every)
+                   callback=callback, callback_every=callback_every, **(run_options or {}))
 
 
 def guided_eval(guide, judge, prompts: Sequence[str] | None = None, *, generator: str = "fourier",
                 steps: int = 100, lr: float = 0.05, cutouts: int = 16, size: int | None = None, seed: int = 0,
                 tv: float = 0.0, progress: bool = True, generator_model=None,
-                generator_options: dict | None = None) -> tuple[ScoreReport, torch.Tensor]:
+                generator_options: dict | None = None, run_options: dict | None = None
+                ) -> tuple[ScoreReport, torch.Tensor]:
     """Steer one picture per prompt with `guide`, then score them: the guide's score, an augmented
-    score, the judge's top-1 among all the prompts, the oracle's checks, and the adversarial flag
-    (guide score up, judge score not). Returns the report and the pictures (N, 3, H, W)."""
+    score, the judge's top-1 among all the prompts, the oracle's checks, the adversarial flag
+    (guide score up, judge score not), and the same judge and oracle on the generator's unguided
+    picture from the same seed (the baseline). Returns the report and the pictures (N, 3, H, W)."""
     from ..generators import load_network
 
     prompts = list(prompts) if prompts is not None else world_prompt_suite()
@@ -124,7 +128,7 @@ def guided_eval(guide, judge, prompts: Sequence[str] | None = None, *, generator
         with torch.no_grad():
             starts.append(gen()[0])                              # the picture the run starts from
         result = _steer_prompt(gen, guide, p, generator=generator, size=gen_size, steps=steps, lr=lr,
-                               cutouts=cutouts, seed=seed + k, tv=tv, progress=False)
+                               cutouts=cutouts, seed=seed + k, tv=tv, progress=False, run_options=run_options)
         images.append(result.images[0])
         if bar is not None:
             bar.update(1)
