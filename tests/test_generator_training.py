@@ -78,10 +78,11 @@ def test_bad_settings_are_refused(tmp_path):
 
 
 def test_diffusion_targets_schedules_and_moving_average(tmp_path):
-    """v-prediction with a cosine schedule trains and exports the moving average, which the loader
-    reads back with the same prediction type; bad values are refused by name."""
+    """v-prediction with a cosine schedule, under bf16 autocast, trains and exports the moving
+    average, which the loader reads back with the same prediction type; bad values are refused by
+    name."""
     arch = {**TINY["diffusion"], "prediction_type": "v_prediction", "beta_schedule": "squaredcos_cap_v2", "ema": 0.5}
-    cfg = _cfg("diffusion", tmp_path / "v", arch=arch, steps=4)
+    cfg = _cfg("diffusion", tmp_path / "v", arch=arch, steps=4, precision="bf16")
     path = T.train_generator(cfg, progress=False)
     state = torch.load(tmp_path / "v" / "checkpoint.pt", weights_only=False)["family"]["nets"]
     unet, ema = state["unet"], state["ema"]
@@ -98,3 +99,5 @@ def test_diffusion_targets_schedules_and_moving_average(tmp_path):
                               ("beta_schedule", "cubic", "beta_schedule"), ("ema", 1.0, "ema")):
         with pytest.raises(ConfigError, match=message):
             T.GeneratorTrainConfig.from_args("diffusion", [f"arch.{key}={json.dumps(bad)}"])
+    with pytest.raises(ConfigError, match="precision"):
+        T.GeneratorTrainConfig.from_args("diffusion", ["precision=fp8"])

@@ -59,6 +59,7 @@ class GeneratorTrainConfig:
     log_every: int = 10
     sample_every: int = 0                        # 0: a sample sheet only at the end
     threads: int = 0
+    precision: str = "fp32"                      # fp32 | bf16 (autocast: ~1.6x faster on CPUs with AMX/AVX512-BF16)
     model_card: str = ""
 
     def validate(self) -> "GeneratorTrainConfig":
@@ -71,6 +72,8 @@ class GeneratorTrainConfig:
         for name in ("steps", "save_every", "log_every", "size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"precision must be fp32 or bf16, got {self.precision!r}")
         if self.size & (self.size - 1):
             raise ConfigError(f"size must be a power of two, got {self.size}")
         if self.family == "diffusion":
@@ -341,7 +344,7 @@ class _Diffusion(_Family):
         target = {"epsilon": noise, "sample": x}.get(kind)
         if target is None:
             target = self.scheduler.get_velocity(x, noise, t)
-        loss = F.mse_loss(self.unet(noisy, t).sample, target)
+        loss = F.mse_loss(self.unet(noisy, t).sample.float(), target)
         opt = self.optims["unet"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -440,7 +443,8 @@ def train_generator(cfg: GeneratorTrainConfig, progress: bool = True, resume: bo
         images, _ = stream.batch(step)
         x = images.float() / 127.5 - 1.0                                  # [-1, 1]
         family.set_lr(_lr_at(cfg, step))
-        metrics = family.step(x, step)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            metrics = family.step(x, step)
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             record = {"step": step, **{k: round(v, 5) if isinstance(v, float) else v for k, v in metrics.items()},
                       "lr": _lr_at(cfg, step), "train_seconds": round(seconds + time.perf_counter() - t0, 1)}
@@ -507,7 +511,7 @@ A {cfg.family} generator trained by clipguide {__version__} on {cfg.size} px pic
 - command: `{command_line(cfg)}`
 - architecture: {json.dumps(cfg.architecture, sort_keys=True)} ({params:,} parameters)
 - steps: {cfg.steps} x batch {cfg.batch_size}; lr {cfg.lr} (warm-up {cfg.warmup}, cosine to 10%); seed {cfg.seed}
-- training time: {seconds / 60:.1f} min on {torch.get_num_threads()} CPU threads
+- training time: {seconds / 60:.1f} min on {torch.get_num_threads()} CPU threads ({cfg.precision})
 - final metrics: `{json.dumps({k: v for k, v in last.items() if k != 'step'})}`
 - exported: `{path.name}` (fp16)
 
