@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -160,6 +161,7 @@ def cmd_eval(args) -> int:
         return _eval_guided(args)
     if args.what == "edits":
         return _eval_edits(args)
+    _run_options(args)                                    # refuses options that only steering takes
     model = _load(args)
     torch.manual_seed(0)
     tasks = args.task or ["colour_shape", "count", "relation", "scene", "retrieval", "linear_probe"]
@@ -181,6 +183,7 @@ def _eval_guided(args) -> int:
     import clipguide
     from clipguide.guide.suite import guided_eval, world_prompt_suite
 
+    run_options = _run_options(args)                      # checked before anything loads
     guide = _load(args)
     judge = clipguide.load(args.judge, device=args.device)
     if args.prompts:
@@ -192,14 +195,14 @@ def _eval_guided(args) -> int:
     report, pictures = guided_eval(guide, judge, prompts, generator=args.generator, steps=args.steps, lr=args.lr,
                                    cutouts=args.cutouts, size=args.size, seed=args.seed, tv=args.tv,
                                    generator_model=args.generator_model, generator_options=_generator_options(args),
-                                   run_options=_run_options(args))
+                                   run_options=run_options)
     for i, p in enumerate(report.prompts):
         print(json.dumps({"prompt": p, "guide_score": round(report.guide[i], 4),
                           "augmented_score": round(report.augmented[i], 4), "judge_correct": report.judge_correct[i],
                           "oracle_passed": report.oracle_passed[i],
                           "adversarial": report.adversarial[i] if report.adversarial else None}), flush=True)
     summary = {"task": "guided", "guide": args.model, "judge": args.judge, "generator": args.generator,
-               "steps": args.steps, "cutouts": args.cutouts, "seed": args.seed, **_run_options(args),
+               "steps": args.steps, "cutouts": args.cutouts, "seed": args.seed, **run_options,
                **report.summary()}
     print(json.dumps(summary), flush=True)
     if args.sheet:
@@ -213,12 +216,14 @@ def _eval_edits(args) -> int:
     import clipguide
     from clipguide.guide.edit_study import edit_cases, edit_study
 
+    run_options = _run_options(args)                      # checked before anything loads
     guide = _load(args)
     judge = clipguide.load(args.judge, device=args.device)
     cases = edit_cases(args.edits, seed=args.seed)
     report, pictures = edit_study(guide, judge, cases, generator=args.generator, steps=args.steps, lr=args.lr,
                                   cutouts=args.cutouts, preserve=args.preserve, seed=args.seed,
-                                  generator_model=args.generator_model)
+                                  generator_model=args.generator_model, generator_options=_generator_options(args),
+                                  run_options=run_options)
     for i, c in enumerate(cases):
         print(json.dumps({"kind": c.kind, "source": c.source, "target": c.target, "masked": c.masked,
                           "applied": report.applied[i], "applied_before_edit": report.applied_before[i],
@@ -259,12 +264,13 @@ def cmd_generate(args) -> int:
     """Text to image with a parameterization steered by CLIPLoss."""
     from clipguide.guide.suite import guided_image
 
+    run_options = _run_options(args)                      # checked before anything loads
     model = _load(args)
     result = guided_image(model, args.prompt, generator=args.generator, size=args.size, steps=args.steps,
                           lr=args.lr, cutouts=args.cutouts, seed=args.seed, tv=args.tv,
                           frame_every=max(1, args.steps // 40) if args.timelapse else 0,
                           network=_generator_network(args), generator_options=_generator_options(args),
-                          run_options=_run_options(args))
+                          run_options=run_options)
     return _write_result(result, args)
 
 
@@ -301,10 +307,12 @@ def _run_options(args) -> dict:
     scale = getattr(args, "guidance_scale", None)
     if scale is None:
         return {}
+    if getattr(args, "what", "guided") == "zero-shot":
+        raise InputError("--guidance-scale is for 'eval guided' and 'eval edits', not zero-shot evaluation")
     if args.generator != "diffusion":
-        raise InputError(f"--guidance-scale applies to --generator diffusion, not {args.generator}")
-    if scale < 0:
-        raise InputError(f"--guidance-scale must be >= 0, got {scale}")
+        raise InputError(f"--guidance-scale only applies to --generator diffusion (got {args.generator})")
+    if not math.isfinite(scale) or scale < 0:
+        raise InputError(f"--guidance-scale must be a finite number >= 0, got {scale}")
     return {"guidance_scale": scale}
 
 
@@ -313,6 +321,7 @@ def cmd_edit(args) -> int:
     from clipguide.guide.edit import edit_image
     from clipguide.preprocess import load_image
 
+    run_options = _run_options(args)                      # checked before anything loads
     model = _load(args)
     image = load_image(args.image)[None]
     mask = load_image(args.mask).mean(dim=0) if args.mask else None
@@ -320,7 +329,7 @@ def cmd_edit(args) -> int:
                         preserve=args.preserve, latent_weight=args.latent_weight, steps=args.steps, lr=args.lr,
                         cutouts=args.cutouts, seed=args.seed, size=args.size, strength=args.strength,
                         network=_generator_network(args), generator_options=_generator_options(args),
-                        run_options=_run_options(args), frame_every=max(1, args.steps // 40) if args.timelapse else 0)
+                        run_options=run_options, frame_every=max(1, args.steps // 40) if args.timelapse else 0)
     return _write_result(result, args)
 
 

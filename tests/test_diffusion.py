@@ -237,4 +237,10 @@ def test_guidance_scale_on_the_command_line(pixel_dir, tmp_path, capsys):
     assert main(args[:-4] + ["--guidance-scale", "1"]) == 2
     assert "applies to --generator diffusion" in capsys.readouterr().err
     assert main(args + ["--guidance-scale", "-1"]) == 2
-    assert "must be >= 0" in capsys.readouterr().err
+    assert "must be a finite number >= 0" in capsys.readouterr().err
+    # refused before any network loads (no bundled VQGAN here: that error would come first otherwise)
+    vq = args[:-4] + ["--generator", "vqgan", "--generator-model", str(tmp_path / "missing.ckpt"), "--guidance-scale", "1"]
+    assert main(vq) == 2
+    assert "only applies to --generator diffusion (got vqgan)" in capsys.readouterr().err
+    assert main(["eval", "--model", str(clip), "--guidance-scale", "1"]) == 2
+    assert "not zero-shot" in capsys.readouterr().err

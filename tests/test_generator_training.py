@@ -36,13 +36,17 @@ def test_each_family_trains_and_its_export_steers(family, tmp_path):
     assert len(rows) >= 2
 
 
-@pytest.mark.parametrize("family", T.FAMILIES)
-def test_a_killed_run_resumes_to_the_same_weights(family, tmp_path, monkeypatch):
-    straight = _cfg(family, tmp_path / "straight")
+AVERAGED_BF16 = {"arch": {**TINY["diffusion"], "ema": 0.5}, "precision": "bf16"}
+
+
+@pytest.mark.parametrize("family,extra", [(f, {}) for f in T.FAMILIES] + [("diffusion", AVERAGED_BF16)],
+                         ids=list(T.FAMILIES) + ["diffusion-ema-bf16"])
+def test_a_killed_run_resumes_to_the_same_weights(family, extra, tmp_path, monkeypatch):
+    straight = _cfg(family, tmp_path / "straight", **extra)
     T.train_generator(straight, progress=False)
     ref = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)["family"]["nets"]
 
-    broken = _cfg(family, tmp_path / "broken")
+    broken = _cfg(family, tmp_path / "broken", **extra)
     real_step = T._FAMILIES[family].step
     calls = {"n": 0}
 
@@ -95,9 +99,32 @@ def test_diffusion_targets_schedules_and_moving_average(tmp_path):
     assert torch.allclose(exported[k].float(), ema[k].half().float())
     img = build_generator("diffusion", network=net, size=32, seed=0)()
     assert img.shape == (1, 3, 32, 32) and torch.isfinite(img).all()
+    # the v target the trainer fits is what the loader's split() turns back into noise and picture
+    x0, noise = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    t = torch.tensor([10, 900])
+    sched = net.scheduler
+    v, xt = sched.get_velocity(x0, noise, t), sched.add_noise(x0, noise, t)
+    for i in range(2):
+        eps, clean = net.split(v[i:i + 1], xt[i:i + 1], sched.alphas_cumprod[t[i]].float())
+        assert torch.allclose(eps, noise[i:i + 1], atol=1e-4) and torch.allclose(clean, x0[i:i + 1], atol=1e-4)
     for key, bad, message in (("prediction_type", "noise", "prediction_type"),
                               ("beta_schedule", "cubic", "beta_schedule"), ("ema", 1.0, "ema")):
         with pytest.raises(ConfigError, match=message):
             T.GeneratorTrainConfig.from_args("diffusion", [f"arch.{key}={json.dumps(bad)}"])
     with pytest.raises(ConfigError, match="precision"):
         T.GeneratorTrainConfig.from_args("diffusion", ["precision=fp8"])
+    with pytest.raises(ConfigError, match="ema"):
+        T.GeneratorTrainConfig.from_args("diffusion", ['arch.ema="0.99x"'])
+
+
+def test_a_checkpoint_from_before_a_new_setting_resumes(tmp_path):
+    """Settings added later (precision) take their defaults when an older checkpoint lacks them."""
+    cfg = _cfg("diffusion", tmp_path / "old", steps=3)
+    T.train_generator(cfg, progress=False)
+    ckpt = tmp_path / "old" / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=False)
+    del state["config"]["precision"]
+    torch.save(state, ckpt)
+    T.train_generator(_cfg("diffusion", tmp_path / "old", steps=3), progress=False, resume=True)
+    with pytest.raises(ConfigError, match="another configuration"):
+        T.train_generator(_cfg("diffusion", tmp_path / "old", steps=3, precision="bf16"), progress=False, resume=True)

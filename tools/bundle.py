@@ -66,8 +66,13 @@ def bundle_generator(run: Path) -> None:
         if not f.exists():
             sys.exit(f"{f} is missing: is the run finished?")
     stem = asset.removesuffix(".safetensors")
+    load_network(family, str(export))                      # loads before anything in the package changes
     ASSETS.mkdir(exist_ok=True)
     target = ASSETS / asset
+    others = _size(ASSETS) - (_size(target) if target.exists() else 0)
+    if others + _size(export) > BUDGET:
+        sys.exit(f"{export} ({_size(export) / 2**20:.1f} MB) would take the bundled files over the "
+                 f"{BUDGET / 2**20:.0f} MB budget")
     if target.is_dir():
         shutil.rmtree(target)
     if export.is_dir():
@@ -84,11 +89,21 @@ def bundle_generator(run: Path) -> None:
     print(f"loads as the bundled {family} network")
 
 
+def _is_generator_run(run: Path) -> bool:
+    cfg = run / "config.json"
+    return cfg.is_file() and "family" in json.loads(cfg.read_text())
+
+
 if __name__ == "__main__":
-    if len(sys.argv) == 2 and (Path(sys.argv[1]) / "config.json").is_file() \
-            and "family" in json.loads((Path(sys.argv[1]) / "config.json").read_text()):
-        bundle_generator(Path(sys.argv[1]))
+    usage = "usage: python tools/bundle.py RUN_DIR NAME (a CLIP run) | RUN_DIR (a generator run)"
+    if len(sys.argv) not in (2, 3):
+        sys.exit(usage)
+    run = Path(sys.argv[1])
+    if _is_generator_run(run):
+        if len(sys.argv) == 3:
+            sys.exit(f"{run} is a generator run: its bundled name is fixed by its family; give only RUN_DIR")
+        bundle_generator(run)
     elif len(sys.argv) == 3:
-        bundle(Path(sys.argv[1]), sys.argv[2])
+        bundle(run, sys.argv[2])
     else:
-        sys.exit("usage: python tools/bundle.py RUN_DIR NAME (a CLIP run) | RUN_DIR (a generator run)")
+        sys.exit(f"{run} is not a generator run: give the bundled name too ({usage})")

@@ -212,11 +212,16 @@ def _prev_alpha_bar(sched, t, steps: int) -> torch.Tensor:
 
 
 def ddim_sample(model: DiffusionModel, x: torch.Tensor, steps: int, start_index: int = 0) -> torch.Tensor:
-    """Deterministic DDIM from x at timestep index `start_index`, differentiable; returns x0."""
+    """Deterministic DDIM from x at timestep index `start_index`, differentiable; returns x0. Like
+    diffusers' DDIM step (and so like guided sampling at scale 0), the predicted clean sample is
+    clipped when the scheduler's config says clip_sample."""
     sched = model.ddim(steps)
+    clip = float(sched.config.get("clip_sample_range", 1.0)) if sched.config.get("clip_sample", False) else None
     for t in sched.timesteps[start_index:]:
         ab, ab_prev = _alpha_bar(sched, t), _prev_alpha_bar(sched, t, steps)
         eps, x0 = model.split(model.predict(x, t), x, ab)
+        if clip is not None:
+            x0 = x0.clamp(-clip, clip)
         x = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
     return x
 

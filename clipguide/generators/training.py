@@ -82,7 +82,7 @@ class GeneratorTrainConfig:
                 raise ConfigError(f"arch.beta_schedule {a['beta_schedule']!r} is not one of {BETA_SCHEDULES}")
             if a["prediction_type"] not in PREDICTION_TYPES:
                 raise ConfigError(f"arch.prediction_type {a['prediction_type']!r} is not one of {PREDICTION_TYPES}")
-            if not 0 <= a["ema"] < 1:
+            if isinstance(a["ema"], bool) or not isinstance(a["ema"], (int, float)) or not 0 <= a["ema"] < 1:
                 raise ConfigError(f"arch.ema must be in [0, 1) (0: no moving average), got {a['ema']!r}")
         self.batch_size = self.batch_size or DEFAULTS[self.family]["batch_size"]
         self.lr = self.lr or DEFAULTS[self.family]["lr"]
@@ -116,6 +116,12 @@ class _Family:
 
     nets: dict[str, nn.Module]
     optims: dict[str, torch.optim.Optimizer]
+    precision: str = "fp32"
+
+    def autocast(self):
+        """The context the forward passes of a step run in: bf16 autocast when precision is bf16.
+        Losses, codebook distances, backward passes and optimiser steps stay outside it, in fp32."""
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     def state(self) -> dict[str, Any]:
         return {"nets": {k: v.state_dict() for k, v in self.nets.items()},
@@ -151,12 +157,14 @@ class _VQGAN(_Family):
 
     def step(self, x: torch.Tensor, step: int) -> dict[str, float]:
         net, opt = self.net, self.optims["vqgan"]
-        z = net.encode(x)                                                    # (B, D, h, w)
+        with self.autocast():
+            z = net.encode(x).float()                                        # (B, D, h, w)
         idx = net.codes(z)
         z_q = net.quantize.lookup(idx)
         codebook = F.mse_loss(z_q, z.detach())
         commit = F.mse_loss(z, z_q.detach())
-        rec = net.decode(z + (z_q - z).detach())
+        with self.autocast():
+            rec = net.decode(z + (z_q - z).detach()).float()
         l1, l2 = (rec - x).abs().mean(), F.mse_loss(rec, x)
         loss = l1 + l2 + codebook + 0.25 * commit
         opt.zero_grad(set_to_none=True)
@@ -259,9 +267,11 @@ class _StyleGAN(_Family):
         n = x.shape[0]
         # discriminator
         self.disc.requires_grad_(True)
-        with torch.no_grad():
-            fake = self._fake(n)
-        d_loss = F.softplus(self.disc(fake)).mean() + F.softplus(-self.disc(x)).mean()
+        with torch.no_grad(), self.autocast():
+            fake = self._fake(n).float()
+        with self.autocast():
+            d_fake, d_real = self.disc(fake).float(), self.disc(x).float()
+        d_loss = F.softplus(d_fake).mean() + F.softplus(-d_real).mean()
         opt = self.optims["disc"]
         opt.zero_grad(set_to_none=True)
         d_loss.backward()
@@ -274,7 +284,9 @@ class _StyleGAN(_Family):
         opt.step()
         # generator
         self.disc.requires_grad_(False)
-        g_loss = F.softplus(-self.disc(self._fake(n))).mean()
+        with self.autocast():
+            g_out = self.disc(self._fake(n)).float()
+        g_loss = F.softplus(-g_out).mean()
         opt = self.optims["gen"]
         opt.zero_grad(set_to_none=True)
         g_loss.backward()
@@ -344,7 +356,9 @@ class _Diffusion(_Family):
         target = {"epsilon": noise, "sample": x}.get(kind)
         if target is None:
             target = self.scheduler.get_velocity(x, noise, t)
-        loss = F.mse_loss(self.unet(noisy, t).sample.float(), target)
+        with self.autocast():
+            pred = self.unet(noisy, t).sample.float()
+        loss = F.mse_loss(pred, target)
         opt = self.optims["unet"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -421,11 +435,13 @@ def train_generator(cfg: GeneratorTrainConfig, progress: bool = True, resume: bo
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     family = _FAMILIES[cfg.family](cfg, g)
+    family.precision = cfg.precision
     stream = BatchStream(source if source is not None else open_source(cfg.data), cfg.batch_size, cfg.size, cfg.seed)
     start, seconds = 0, 0.0
     if ckpt.exists():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        if state["config"] != asdict(cfg):
+        saved = {**asdict(GeneratorTrainConfig(family=cfg.family)), **state["config"]}   # fields added since: defaults
+        if saved != asdict(cfg):
             raise ConfigError(f"{ckpt} was written with another configuration; resume with the same settings")
         family.load_state(state["family"])
         g.set_state(state["generator"])
@@ -443,8 +459,7 @@ def train_generator(cfg: GeneratorTrainConfig, progress: bool = True, resume: bo
         images, _ = stream.batch(step)
         x = images.float() / 127.5 - 1.0                                  # [-1, 1]
         family.set_lr(_lr_at(cfg, step))
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-            metrics = family.step(x, step)
+        metrics = family.step(x, step)
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             record = {"step": step, **{k: round(v, 5) if isinstance(v, float) else v for k, v in metrics.items()},
                       "lr": _lr_at(cfg, step), "train_seconds": round(seconds + time.perf_counter() - t0, 1)}

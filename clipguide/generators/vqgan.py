@@ -399,9 +399,11 @@ class Codebook(nn.Module):
 
     def nearest(self, z: torch.Tensor) -> torch.Tensor:                 # (B, D, h, w) -> codes (B, h, w)
         B, D, h, w = z.shape
-        flat = z.detach().permute(0, 2, 3, 1).reshape(-1, D)            # (B*h*w, D)
-        e = self.codebook.detach()
-        dist = flat.pow(2).sum(1, keepdim=True) + e.pow(2).sum(1) - 2 * flat @ e.t()   # (B*h*w, n_embed)
+        # in fp32 whatever the autocast: |z|^2 + |e|^2 - 2 z.e cancels, and bf16 would pick wrong codes
+        with torch.autocast(z.device.type, enabled=False):
+            flat = z.detach().float().permute(0, 2, 3, 1).reshape(-1, D)        # (B*h*w, D)
+            e = self.codebook.detach().float()
+            dist = flat.pow(2).sum(1, keepdim=True) + e.pow(2).sum(1) - 2 * flat @ e.t()   # (B*h*w, n_embed)
         return dist.argmin(dim=1).reshape(B, h, w)
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:              # (B, h, w) -> (B, D, h, w)

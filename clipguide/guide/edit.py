@@ -110,6 +110,9 @@ def edit_image(model, image: torch.Tensor, prompt, *, source: str | None = None,
         info.images = loss.composite(info.images)
         return callback(info)
 
+    from .suite import check_run_options
+
+    check_run_options(gen, run_options)
     shown = composited if region is not None and callback is not None else callback
     result = gen.run(loss, steps=steps, lr=lr, seed=seed, regularisers=regs, latent_weight=latent_weight,
                      strength=strength, progress=progress, frame_every=frame_every, settings=settings,

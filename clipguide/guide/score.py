@@ -9,6 +9,7 @@ from typing import Sequence
 
 import torch
 
+from ..errors import InputError
 from ..models import CLIP
 from .augment import Cutouts
 
@@ -73,8 +74,13 @@ class ScoreReport:
         if self.unguided_judge_correct:
             before = _rates(self.unguided_judge_correct, self.unguided_oracle_passed)
             out.update({f"unguided_{k}": v for k, v in before.items()})
-            out["margin"] = round(out["correct"] - before["correct"], 4)
+            out["margin"] = round((_n_correct(self.judge_correct, self.oracle_passed)
+                                   - _n_correct(self.unguided_judge_correct, self.unguided_oracle_passed)) / n, 4)
         return out
+
+
+def _n_correct(judge_correct: Sequence[bool], oracle_passed: Sequence[bool | None]) -> int:
+    return sum(bool(j) and (o is None or o) for j, o in zip(judge_correct, oracle_passed))
 
 
 def _rates(judge_correct: Sequence[bool], oracle_passed: Sequence[bool | None]) -> dict:
@@ -83,7 +89,7 @@ def _rates(judge_correct: Sequence[bool], oracle_passed: Sequence[bool | None]) 
     checked = [o for o in oracle_passed if o is not None]
     return {"judge_top1": round(sum(judge_correct) / n, 4),
             "oracle_pass": round(sum(checked) / len(checked), 4) if checked else None,
-            "correct": round(sum(j and (o is None or o) for j, o in zip(judge_correct, oracle_passed)) / n, 4)}
+            "correct": round(_n_correct(judge_correct, oracle_passed) / n, 4)}
 
 
 def score(images: torch.Tensor, prompts: Sequence[str], guide: CLIP, judge: CLIP | None = None,
@@ -94,12 +100,15 @@ def score(images: torch.Tensor, prompts: Sequence[str], guide: CLIP, judge: CLIP
     whose guide score rose while the judge's score of the prompt did not, and scored by the same
     judge and oracle as the unguided baseline (summary: unguided_* and margin)."""
     prompts = list(prompts)
+    for name, batch in (("images", images), ("initial_images", initial_images)):
+        if batch is not None and len(batch) != len(prompts):
+            raise InputError(f"{name} has {len(batch)} pictures for {len(prompts)} prompts: give one per prompt")
     guide_text = _text(guide, prompts)                      # every text and image encoded once per model
     g = (_image(guide, images) * guide_text).sum(dim=-1)
     aug = _augmented(guide, images, guide_text)
     judge_correct = [True] * len(prompts)
     adversarial: list[bool] = []
-    unguided: list[bool] = []
+    unguided = [True] * len(prompts) if initial_images is not None else []   # no judge: only the oracle decides
     if judge is not None:
         cands = list(suite) if suite is not None else prompts
         truth = torch.tensor([cands.index(p) for p in prompts])
@@ -109,13 +118,15 @@ def score(images: torch.Tensor, prompts: Sequence[str], guide: CLIP, judge: CLIP
         if initial_images is not None:
             judge_text = cand_text[truth]                   # the judge's embedding of each image's prompt
             g0 = (_image(guide, initial_images) * guide_text).sum(dim=-1)
-            j0 = (_image(judge, initial_images) * judge_text).sum(dim=-1)
+            judge_image0 = _image(judge, initial_images)
+            j0 = (judge_image0 * judge_text).sum(dim=-1)
             j1 = (judge_image * judge_text).sum(dim=-1)
             adversarial = [(a > b + 0.02) and not (d > c + 0.005) for a, b, c, d in
                            zip(g.tolist(), g0.tolist(), j0.tolist(), j1.tolist())]
-            unguided = ((_image(judge, initial_images) @ cand_text.T).argmax(dim=-1) == truth).tolist()
-    passed = _oracle(images, prompts) if oracle else [None] * len(prompts)
-    passed0 = (_oracle(initial_images, prompts) if oracle else [None] * len(prompts)) if unguided else []
+            unguided = ((judge_image0 @ cand_text.T).argmax(dim=-1) == truth).tolist()
+    unchecked = [None] * len(prompts)
+    passed = _oracle(images, prompts) if oracle else unchecked
+    passed0 = (_oracle(initial_images, prompts) if oracle else unchecked) if initial_images is not None else []
     return ScoreReport(prompts, g.tolist(), aug.tolist(), judge_correct, passed, adversarial, unguided, passed0)
 
 

@@ -86,6 +86,33 @@ def _generator(model, generator: str, size, seed: int, network=None, generator_m
     return gen, size
 
 
+# run() arguments the callers set themselves; run_options may not repeat them
+_OWN_ARGUMENTS = frozenset({"loss_fn", "steps", "lr", "seed", "regularisers", "frame_every", "progress", "settings",
+                            "callback", "callback_every", "latent_weight", "strength"})
+
+
+def check_run_options(gen, run_options: dict | None) -> None:
+    """Refuse run options that `gen.run()` does not take (guidance_scale for a Fourier image) or
+    that have an argument of their own, with a message instead of a TypeError."""
+    import inspect
+
+    from ..generators.base import Generator
+    from .steer import steer
+
+    if not run_options:
+        return
+    params = inspect.signature(type(gen).run).parameters
+    taken = {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)} - {"self"}
+    if type(gen).run is Generator.run:                          # the base run() passes the rest to steer()
+        taken |= set(inspect.signature(steer).parameters) - {"generator"}
+    for key in run_options:
+        if key in _OWN_ARGUMENTS:
+            raise InputError(f"run option {key!r} has its own argument: pass it as {key}=...")
+        if key not in taken:
+            raise InputError(f"{type(gen).__name__} does not take run option {key!r}; it takes "
+                             f"{sorted(taken - _OWN_ARGUMENTS)}")
+
+
 def _steer_prompt(gen, model, prompt: str, *, generator: str, size, steps: int, lr: float, cutouts: int, seed: int,
                   tv: float, frame_every: int = 0, progress: bool = True, callback=None, callback_every: int = 1,
                   run_options: dict | None = None):
@@ -93,6 +120,7 @@ def _steer_prompt(gen, model, prompt: str, *, generator: str, size, steps: int, 
     from .loss import CLIPLoss
     from .regularisers import total_variation
 
+    check_run_options(gen, run_options)
     # no mirrored views: a flip turns "a red circle on the left" into its opposite
     loss = CLIPLoss(model, prompt, cutouts=Cutouts(size=model.config.vision.image_size, n=cutouts,
                                                    min_size=0.5, noise=0.05, flip=0.0))
