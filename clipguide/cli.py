@@ -145,8 +145,8 @@ def cmd_train_generator(args) -> int:
     if args.steps:
         fields["steps"] = args.steps
     cfg = GeneratorTrainConfig.from_args(args.family, args.set or [], **fields)
-    path = train_generator(cfg, resume=args.resume)
-    print(f"wrote {path} (model card {cfg.out_dir}/MODEL_CARD.md, samples {cfg.out_dir}/samples.png)")
+    path = train_generator(cfg, resume=args.resume, snapshot=args.snapshot)
+    print(f"wrote {path} (model card {path.parent}/MODEL_CARD.md, samples {path.parent}/samples.png)")
     return 0
 
 
@@ -491,6 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a setting (data, size, batch_size, lr, seed, save_every, arch.FIELD, ...); repeatable")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--snapshot", action="store_true",
+                   help="do not train: export the run's last checkpoint (network, card, samples) into "
+                   "OUT/snapshot-STEP to try it part-way (same settings as the run)")
     p.set_defaults(func=cmd_train_generator)
 
     p = sub.add_parser("app", help="start the web app (Gradio) on 127.0.0.1; `clipguide app --help` lists its options",

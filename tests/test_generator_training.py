@@ -128,3 +128,36 @@ def test_a_checkpoint_from_before_a_new_setting_resumes(tmp_path):
     T.train_generator(_cfg("diffusion", tmp_path / "old", steps=3), progress=False, resume=True)
     with pytest.raises(ConfigError, match="another configuration"):
         T.train_generator(_cfg("diffusion", tmp_path / "old", steps=3, precision="bf16"), progress=False, resume=True)
+
+
+def test_a_snapshot_exports_a_run_part_way(tmp_path):
+    """--snapshot exports the last checkpoint with the run's own settings into snapshot-STEP, which
+    loads and steers; the run then resumes as if nothing happened."""
+    cfg = _cfg("diffusion", tmp_path / "run", steps=6)
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        T.train_generator(cfg, progress=False, snapshot=True)
+    calls = {"n": 0}
+    real_step = T._Diffusion.step
+
+    def dying_step(self, x, step):
+        calls["n"] += 1
+        if calls["n"] == 4:                                  # killed after the checkpoint of step 3
+            raise KeyboardInterrupt
+        return real_step(self, x, step)
+
+    T._Diffusion.step = dying_step
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            T.train_generator(cfg, progress=False)
+    finally:
+        T._Diffusion.step = real_step
+    other = _cfg("diffusion", tmp_path / "run", steps=99, lr=0.5)   # the run's settings win for a snapshot
+    path = T.train_generator(other, progress=False, snapshot=True)
+    assert path.parent == tmp_path / "run" / "snapshot-000003"
+    card = (path.parent / "MODEL_CARD.md").read_text()
+    assert "a snapshot after 3 of them" in card and "6 x batch 4" in card
+    img = build_generator("diffusion", network=load_network("diffusion", str(path)), size=32, seed=0)()
+    assert img.shape == (1, 3, 32, 32)
+    assert not (tmp_path / "run" / "world-diffusion").exists()
+    T.train_generator(cfg, progress=False, resume=True)
+    assert (tmp_path / "run" / "world-diffusion").exists()

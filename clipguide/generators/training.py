@@ -418,17 +418,25 @@ def _lr_at(cfg: GeneratorTrainConfig, step: int) -> float:
 
 
 def train_generator(cfg: GeneratorTrainConfig, progress: bool = True, resume: bool = False,
-                    source=None) -> Path:
-    """Train one world generator as `cfg` says; returns the exported network's path."""
+                    source=None, snapshot: bool = False) -> Path:
+    """Train one world generator as `cfg` says; returns the exported network's path. `snapshot`:
+    do not train; export the run's latest checkpoint (network, card, unguided samples) into
+    `out_dir/snapshot-STEP/`, to try a long run part-way (the run itself is left as it was)."""
     from ..atomic import atomic_torch_save, atomic_write_text
     from ..train.data import BatchStream, open_source
 
     cfg.validate()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     out = Path(cfg.out_dir)
     ckpt = out / "checkpoint.pt"
-    if ckpt.exists() and not resume:
+    if snapshot:                                 # the run's own settings, whatever else was asked
+        if not ckpt.exists():
+            raise ConfigError(f"{out} holds no checkpoint to take a snapshot of: train first")
+        saved = torch.load(ckpt, map_location="cpu", weights_only=False)["config"]
+        fields = {**asdict(GeneratorTrainConfig(family=saved["family"])), **saved, "out_dir": str(out)}
+        cfg = GeneratorTrainConfig(**fields).validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if ckpt.exists() and not resume and not snapshot:
         raise ConfigError(f"{out} already holds a checkpoint: pass --resume to continue that run, or choose "
                           "another --out")
     out.mkdir(parents=True, exist_ok=True)
@@ -440,13 +448,16 @@ def train_generator(cfg: GeneratorTrainConfig, progress: bool = True, resume: bo
     start, seconds = 0, 0.0
     if ckpt.exists():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        saved = {**asdict(GeneratorTrainConfig(family=cfg.family)), **state["config"]}   # fields added since: defaults
+        # fields added since the checkpoint take their defaults; a run folder may have been moved
+        saved = {**asdict(GeneratorTrainConfig(family=cfg.family)), **state["config"], "out_dir": cfg.out_dir}
         if saved != asdict(cfg):
             raise ConfigError(f"{ckpt} was written with another configuration; resume with the same settings")
         family.load_state(state["family"])
         g.set_state(state["generator"])
         torch.set_rng_state(state["rng"])
         start, seconds = state["step"], state["seconds"]
+    if snapshot:
+        return _export(cfg, family, stream, out, out / f"snapshot-{start:06d}", seconds, start)
     atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=2))
     bar = None
     if progress:
@@ -477,13 +488,20 @@ def train_generator(cfg: GeneratorTrainConfig, progress: bool = True, resume: bo
     log.close()
     if bar is not None:
         bar.close()
-    total = seconds + time.perf_counter() - t0
-    meta = {"family": cfg.family, "steps": str(cfg.steps), "train_minutes": f"{total / 60:.1f}",
+    return _export(cfg, family, stream, out, out, seconds + time.perf_counter() - t0, cfg.steps)
+
+
+def _export(cfg: GeneratorTrainConfig, family: _Family, stream, run: Path, dest: Path, seconds: float,
+            step: int) -> Path:
+    """The network (fp16, in its adapter's format), a sheet of unguided samples and the model card,
+    into `dest` (the run folder, or a snapshot folder inside it)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    meta = {"family": cfg.family, "steps": str(step), "train_minutes": f"{seconds / 60:.1f}",
             "training": json.dumps(asdict(cfg), sort_keys=True), "command": command_line(cfg)}
-    path = family.export(out, meta)
+    path = family.export(dest, meta)
     images, _ = stream.batch(0)
-    _sheet(family, images.float() / 127.5 - 1.0, out / "samples.png")
-    _card(cfg, family, out, path, total)
+    _sheet(family, images.float() / 127.5 - 1.0, dest / "samples.png")
+    _card(cfg, family, run, path, seconds, dest, step)
     return path
 
 
@@ -513,11 +531,14 @@ def command_line(cfg: GeneratorTrainConfig) -> str:
     return " ".join(parts)
 
 
-def _card(cfg: GeneratorTrainConfig, family: _Family, out: Path, path: Path, seconds: float) -> None:
+def _card(cfg: GeneratorTrainConfig, family: _Family, out: Path, path: Path, seconds: float, dest: Path,
+          step: int) -> None:
     from ..atomic import atomic_write_text
 
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r.get("step", 0) < step]
     last = rows[-1] if rows else {}
+    done = "" if step == cfg.steps else f" (a snapshot after {step} of them)"
     params = sum(p.numel() for p in family.nets[EXPORTED[cfg.family]].parameters())
     text = f"""# world {cfg.family}
 
@@ -525,12 +546,12 @@ A {cfg.family} generator trained by clipguide {__version__} on {cfg.size} px pic
 
 - command: `{command_line(cfg)}`
 - architecture: {json.dumps(cfg.architecture, sort_keys=True)} ({params:,} parameters)
-- steps: {cfg.steps} x batch {cfg.batch_size}; lr {cfg.lr} (warm-up {cfg.warmup}, cosine to 10%); seed {cfg.seed}
+- steps: {cfg.steps} x batch {cfg.batch_size}{done}; lr {cfg.lr} (warm-up {cfg.warmup}, cosine to 10%); seed {cfg.seed}
 - training time: {seconds / 60:.1f} min on {torch.get_num_threads()} CPU threads ({cfg.precision})
-- final metrics: `{json.dumps({k: v for k, v in last.items() if k != 'step'})}`
+- last logged metrics: `{json.dumps({k: v for k, v in last.items() if k != 'step'})}`
 - exported: `{path.name}` (fp16)
 
 Unguided samples: `samples.png`.
 {cfg.model_card}
 """
-    atomic_write_text(out / "MODEL_CARD.md", text)
+    atomic_write_text(dest / "MODEL_CARD.md", text)
