@@ -294,7 +294,7 @@ def _generator_network(args):
 def _generator_options(args) -> dict:
     options = {}
     if args.generator == "stylegan":
-        options.update(space=getattr(args, "space", "w+"), truncation=getattr(args, "truncation", 0.7))
+        options.update({k: getattr(args, k) for k in ("space", "truncation") if hasattr(args, k)})
     if args.generator == "diffusion":
         options.update(sample_steps=args.steps)
     return options
@@ -343,8 +343,8 @@ def _add_generator_args(p: argparse.ArgumentParser, default: str = "fourier") ->
     p.add_argument("--generator-config", default=None, metavar="YAML",
                    help="vqgan: the taming YAML beside the .ckpt (else read from the weights)")
     p.add_argument("--space", choices=["w", "w+"], default="w+", help="stylegan: latent space (default w+)")
-    _add_guidance_scale(p)
     p.add_argument("--truncation", type=float, default=0.7, help="stylegan: truncation of the start (default 0.7)")
+    _add_guidance_scale(p)
 
 
 def _add_guidance_scale(p: argparse.ArgumentParser) -> None:

@@ -428,17 +428,16 @@ def train_generator(cfg: GeneratorTrainConfig, progress: bool = True, resume: bo
     cfg.validate()
     out = Path(cfg.out_dir)
     ckpt = out / "checkpoint.pt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=False) if ckpt.exists() else None
     if snapshot:                                 # the run's own settings, whatever else was asked
-        if not ckpt.exists():
+        if state is None:
             raise ConfigError(f"{out} holds no checkpoint to take a snapshot of: train first")
-        saved = torch.load(ckpt, map_location="cpu", weights_only=False)["config"]
-        fields = {**asdict(GeneratorTrainConfig(family=saved["family"])), **saved, "out_dir": str(out)}
-        cfg = GeneratorTrainConfig(**fields).validate()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if ckpt.exists() and not resume and not snapshot:
+        cfg = GeneratorTrainConfig(**_saved_config(state, cfg.out_dir)).validate()
+    elif state is not None and not resume:
         raise ConfigError(f"{out} already holds a checkpoint: pass --resume to continue that run, or choose "
                           "another --out")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -446,11 +445,8 @@ def train_generator(cfg: GeneratorTrainConfig, progress: bool = True, resume: bo
     family.precision = cfg.precision
     stream = BatchStream(source if source is not None else open_source(cfg.data), cfg.batch_size, cfg.size, cfg.seed)
     start, seconds = 0, 0.0
-    if ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        # fields added since the checkpoint take their defaults; a run folder may have been moved
-        saved = {**asdict(GeneratorTrainConfig(family=cfg.family)), **state["config"], "out_dir": cfg.out_dir}
-        if saved != asdict(cfg):
+    if state is not None:
+        if _saved_config(state, cfg.out_dir) != asdict(cfg):
             raise ConfigError(f"{ckpt} was written with another configuration; resume with the same settings")
         family.load_state(state["family"])
         g.set_state(state["generator"])
@@ -489,6 +485,13 @@ def train_generator(cfg: GeneratorTrainConfig, progress: bool = True, resume: bo
     if bar is not None:
         bar.close()
     return _export(cfg, family, stream, out, out, seconds + time.perf_counter() - t0, cfg.steps)
+
+
+def _saved_config(state: dict[str, Any], out_dir: str) -> dict[str, Any]:
+    """A checkpoint's settings: fields added since it was written take their defaults, and the run
+    folder is where it is now (a moved run still resumes)."""
+    saved = state["config"]
+    return {**asdict(GeneratorTrainConfig(family=saved["family"])), **saved, "out_dir": out_dir}
 
 
 def _export(cfg: GeneratorTrainConfig, family: _Family, stream, run: Path, dest: Path, seconds: float,

@@ -124,17 +124,19 @@ def score(images: torch.Tensor, prompts: Sequence[str], guide: CLIP, judge: CLIP
             adversarial = [(a > b + 0.02) and not (d > c + 0.005) for a, b, c, d in
                            zip(g.tolist(), g0.tolist(), j0.tolist(), j1.tolist())]
             unguided = ((judge_image0 @ cand_text.T).argmax(dim=-1) == truth).tolist()
-    unchecked = [None] * len(prompts)
-    passed = _oracle(images, prompts) if oracle else unchecked
-    passed0 = (_oracle(initial_images, prompts) if oracle else unchecked) if initial_images is not None else []
+    passed = _oracle(images, prompts, oracle)
+    passed0 = _oracle(initial_images, prompts, oracle) if initial_images is not None else []
     return ScoreReport(prompts, g.tolist(), aug.tolist(), judge_correct, passed, adversarial, unguided, passed0)
 
 
-def _oracle(images: torch.Tensor, prompts: Sequence[str]) -> list[bool | None]:
-    """The world oracle's verdict on image i for prompt i (None where it cannot read the prompt)."""
+def _oracle(images: torch.Tensor, prompts: Sequence[str], enabled: bool = True) -> list[bool | None]:
+    """The world oracle's verdict on image i for prompt i (None where it cannot read the prompt, or
+    everywhere when not `enabled`)."""
     from ..world import oracle as world_oracle
     from ..world.parse import parse_caption
 
+    if not enabled:
+        return [None] * len(prompts)
     passed: list[bool | None] = []
     for image, p in zip(images, prompts):
         attrs = parse_caption(p)
