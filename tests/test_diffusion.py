@@ -108,14 +108,42 @@ def _redness(images, generator=None):
     return (images - red).pow(2).mean()
 
 
-def test_guidance_lowers_the_loss_ddim_and_ddpm(pixel_model):
+@pytest.mark.parametrize("space", ["clean", "noise"])
+def test_guidance_lowers_the_loss_ddim_and_ddpm(pixel_model, space):
     for sched in ("ddim", "ddpm"):
         gen = DiffusionLatent(pixel_model, size=16, batch=2, generator=torch.Generator().manual_seed(1))
         free = gen.run(_redness, steps=6, guidance_scale=0.0, scheduler=sched, progress=False, seed=3)
-        guided = gen.run(_redness, steps=6, guidance_scale=1.0, scheduler=sched, progress=False, seed=3)
+        guided = gen.run(_redness, steps=6, guidance_scale=1.0, scheduler=sched, progress=False, seed=3,
+                         guidance_space=space)
         assert guided.images.shape == (2, 3, 16, 16) and 0 <= guided.images.min() and guided.images.max() <= 1
-        assert _redness(guided.images) < _redness(free.images) - 0.02, sched
+        assert _redness(guided.images) < _redness(free.images) - 0.02, (sched, space)
         assert guided.steps == 6 and guided.provenance["sampler"] == sched
+        assert guided.provenance["guidance_space"] == space
+
+
+def test_guidance_stop_and_recurrence(pixel_model):
+    """guidance_stop=0 is unguided sampling; guiding only the first half lands between none and all;
+    recurrence repeats each guided step (one loss evaluation more per repeat) and is seeded."""
+    gen = DiffusionLatent(pixel_model, size=16, batch=2, generator=torch.Generator().manual_seed(1))
+    run = lambda **kw: gen.run(_redness, steps=6, progress=False, seed=3, **{"guidance_scale": 1.0, **kw})  # noqa: E731
+    free = gen.run(_redness, steps=6, guidance_scale=0.0, progress=False, seed=3).images
+    assert torch.equal(run(guidance_stop=0.0).images, free)
+    half, full = _redness(run(guidance_stop=0.5).images), _redness(run().images)
+    assert full < half < _redness(free)
+    calls = {"n": 0}
+
+    def counted(images, generator=None):
+        calls["n"] += 1
+        return _redness(images)
+
+    again = gen.run(counted, steps=6, guidance_scale=1.0, progress=False, seed=3, recurrence=3, guidance_stop=0.5)
+    assert calls["n"] == 3 * 3 + 3 and again.steps == 6
+    assert torch.equal(again.images, run(recurrence=3, guidance_stop=0.5).images)
+    assert _redness(again.images) < _redness(free)
+    for bad in ({"guidance_space": "latent"}, {"guidance_stop": 1.5}, {"recurrence": 0}, {"recurrence": 1.5},
+                {"guidance_scale": float("nan")}):
+        with pytest.raises(InputError):
+            run(**bad)
 
 
 def test_same_seed_same_result_and_ddpm_uses_the_seed(pixel_model):

@@ -161,3 +161,34 @@ def test_a_snapshot_exports_a_run_part_way(tmp_path):
     assert not (tmp_path / "run" / "world-diffusion").exists()
     T.train_generator(cfg, progress=False, resume=True)
     assert (tmp_path / "run" / "world-diffusion").exists()
+
+
+@pytest.mark.parametrize("family", T.FAMILIES)
+def test_a_run_starts_from_an_exported_network(family, tmp_path):
+    """init=PATH: the exported (fp16) weights start the trained net and its moving average; a
+    network of another architecture is refused with the differing tensors named."""
+    first = T.train_generator(_cfg(family, tmp_path / "first", steps=2), progress=False)
+    exported = {k: v.float() for k, v in load_network(family, str(first)).state_dict().items()} \
+        if family != "diffusion" else {k: v.float() for k, v in load_network(family, str(first)).unet.state_dict().items()}
+    cfg = _cfg(family, tmp_path / "second", steps=1, init=str(first))
+    fam = T._FAMILIES[family](cfg, torch.Generator().manual_seed(5))
+    fam.start_from(T._init_network(cfg))
+    for name in fam.init_targets:
+        if name in fam.nets:
+            own = fam.nets[name].state_dict()
+            assert all(torch.equal(own[k], exported[k]) for k in own), (family, name)
+    T.train_generator(cfg, progress=False)                    # and a run from it trains and exports
+    assert f"--set init={first}" in (tmp_path / "second" / "MODEL_CARD.md").read_text()
+    wider = {k: (v * 2 if isinstance(v, int) and not isinstance(v, bool) and k in ("ch", "channel_max", "style_dim")
+                 else v) for k, v in TINY[family].items()}
+    if family == "diffusion":
+        wider["block_out_channels"] = [c * 2 for c in TINY[family]["block_out_channels"]]
+    with pytest.raises(ConfigError, match="does not match"):
+        T.train_generator(_cfg(family, tmp_path / "third", steps=1, init=str(first), arch=wider), progress=False)
+
+
+def test_a_diffusion_init_must_share_the_noise_schedule(tmp_path):
+    first = T.train_generator(_cfg("diffusion", tmp_path / "first", steps=1), progress=False)
+    arch = {**TINY["diffusion"], "prediction_type": "v_prediction"}
+    with pytest.raises(ConfigError, match="prediction_type"):
+        T.train_generator(_cfg("diffusion", tmp_path / "v", steps=1, init=str(first), arch=arch), progress=False)

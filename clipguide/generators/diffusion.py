@@ -2,13 +2,19 @@
 pipelines with a VAE (the Stable Diffusion directory layout), DDPM or DDIM sampling.
 
 At every denoising step the model's prediction gives an estimate of the clean image; the CLIP loss of
-that estimate (cutouts and all, whatever `loss_fn` does) is differentiated w.r.t. the noisy sample and
-the gradient shifts the predicted noise (classifier guidance):
+that estimate (cutouts and all, whatever `loss_fn` does) is differentiated w.r.t. the noisy sample,
+g = d loss(decode(x0_hat(x_t))) / d x_t, normalised per image (so `scale` needs no retuning between
+models), and moves the prediction. Two forms (`guidance_space`):
 
-    eps' = eps + scale * sqrt(1 - alpha_bar_t) * g / rms(g),     g = d loss(decode(x0_hat(x_t))) / d x_t
+    "clean": x0' = x0_hat - scale * sqrt(1 - alpha_bar_t) * g / rms(g)        (the default)
+    "noise": eps' = eps + scale * sqrt(1 - alpha_bar_t) * g / rms(g)           (classifier guidance)
 
-The gradient is normalised per image, so `scale` is a step size relative to the noise itself and needs
-no retuning between models. Edits start from an image: noised part-way (SDEdit, `strength` in (0, 1])
+the other of (x0, eps) following from x_t. "clean" moves the clean estimate by a step proportional to
+the noise level: the same order all through the schedule early on, fading as the picture settles.
+"noise" moves it by scale * (1 - alpha_bar) / sqrt(alpha_bar), very large at the noisiest steps.
+`guidance_stop` (a fraction of the steps) ends guidance early, leaving the last steps to the model;
+`recurrence` k > 1 repeats each guided step k times, re-noising the result back to the current level
+in between (time travel), so the model can reconcile the guided prediction with its own. Edits start from an image: noised part-way (SDEdit, `strength` in (0, 1])
 or inverted deterministically with DDIM, then denoised with guidance.
 
     model = load_diffusion("path/to/pipeline_dir")            # a local diffusers directory
@@ -34,6 +40,7 @@ from .base import Generator, check_init, freeze, from_unit, to_unit
 _UNETS = ("UNet2DModel", "UNet2DConditionModel")
 _AUTOENCODERS = ("AutoencoderKL", "VQModel")
 _SCHEDULERS = ("DDPMScheduler", "DDIMScheduler")
+GUIDANCE_SPACES = ("clean", "noise")
 
 
 def _diffusers():
@@ -274,6 +281,7 @@ class DiffusionLatent(Generator):
 
     def run(self, loss_fn: Callable[..., torch.Tensor], steps: int | None = None, lr: float | None = None, *,
             seed: int = 0, guidance_scale: float = 0.5, strength: float = 1.0, scheduler: str = "ddim",
+            guidance_space: str = "clean", guidance_stop: float = 1.0, recurrence: int = 1,
             callback: Callable | None = None, frame_every: int = 0, progress: bool = True,
             settings: dict | None = None, regularisers=(), latent_weight: float = 0.0, **unused) -> Any:
         """CLIP-guided sampling with `steps` denoising steps (default: sample_steps). strength < 1 with
@@ -283,23 +291,31 @@ class DiffusionLatent(Generator):
         to sampling and are ignored."""
         return guided_sample(self.model, loss_fn, self.latent.detach(), self.sample_steps if steps is None else steps,
                              guidance_scale=guidance_scale, seed=seed, strength=strength, scheduler=scheduler,
+                             guidance_space=guidance_space, guidance_stop=guidance_stop, recurrence=recurrence,
                              init_images=self.init_images, callback=callback, frame_every=frame_every,
                              progress=progress, settings=settings, regularisers=regularisers)
 
 
 def guided_sample(model: DiffusionModel, loss_fn: Callable[..., torch.Tensor], noise: torch.Tensor, steps: int, *,
                   guidance_scale: float = 0.5, seed: int = 0, strength: float = 1.0, scheduler: str = "ddim",
+                  guidance_space: str = "clean", guidance_stop: float = 1.0, recurrence: int = 1,
                   init_images: torch.Tensor | None = None, callback: Callable | None = None, frame_every: int = 0,
                   progress: bool = True, settings: dict | None = None, regularisers=()):
     """The guided denoising loop behind DiffusionLatent.run (returns a SteerResult)."""
-    from ..guide.steer import StepInfo, SteerResult, StopSteering, _provenance, stop_reason
+    from ..guide.steer import StepInfo, SteerResult, StopSteering, _provenance, stop_reason, total_loss
 
     if steps < 1:
         raise InputError(f"steps must be >= 1, got {steps}")
     if not 0 < strength <= 1:
         raise InputError(f"strength must be in (0, 1], got {strength}")
-    if guidance_scale < 0:
+    if not guidance_scale >= 0:
         raise InputError(f"guidance_scale must be >= 0, got {guidance_scale}")
+    if guidance_space not in GUIDANCE_SPACES:
+        raise InputError(f"guidance_space {guidance_space!r} is not one of {GUIDANCE_SPACES}")
+    if not 0 <= guidance_stop <= 1:
+        raise InputError(f"guidance_stop must be in [0, 1] (the fraction of steps that are guided), got {guidance_stop}")
+    if isinstance(recurrence, bool) or not isinstance(recurrence, int) or recurrence < 1:
+        raise InputError(f"recurrence must be an integer >= 1, got {recurrence!r}")
     d = _diffusers()
     kinds = {"ddim": d.DDIMScheduler, "ddpm": d.DDPMScheduler}
     if scheduler not in kinds:
@@ -316,7 +332,9 @@ def guided_sample(model: DiffusionModel, loss_fn: Callable[..., torch.Tensor], n
         fresh = torch.randn(clean.shape, generator=rng).to(clean)
         x = sched.add_noise(clean, fresh, timesteps[:1])
     settings = {"sampler": scheduler, "steps": steps, "guidance_scale": guidance_scale, "seed": seed,
-                "strength": strength, **(settings or {})}
+                "strength": strength, "guidance_space": guidance_space, "guidance_stop": guidance_stop,
+                "recurrence": recurrence, **(settings or {})}
+    guided_steps = int(round(guidance_stop * len(timesteps)))
     provenance = _provenance(loss_fn, model.unet, settings)
     provenance["generator"] = "DiffusionLatent"
     bar = None
@@ -328,28 +346,38 @@ def guided_sample(model: DiffusionModel, loss_fn: Callable[..., torch.Tensor], n
     try:
         for i, t in enumerate(timesteps):
             ab = _alpha_bar(sched, t)
-            x_in = x.detach().requires_grad_(guidance_scale > 0)
-            with torch.enable_grad():
-                eps, x0 = model.split(model.predict(x_in, t), x_in, ab)
-                images = model.decode(x0)
-                loss = loss_fn(images, generator=rng)
-                for fn, weight in regularisers:
-                    loss = loss + weight * fn(images).mean()
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    stopped = f"non-finite loss at step {i}: kept the images of the last finite step"
-                    break
-                if guidance_scale > 0:
-                    (grad,) = torch.autograd.grad(loss, x_in)
+            scale = guidance_scale if i < guided_steps else 0.0
+            for r in range(recurrence if scale > 0 else 1):
+                if r:                                 # back to this step's noise level, fresh noise
+                    ab_prev = _alpha_bar(sched, timesteps[i + 1]) if i + 1 < len(timesteps) else torch.ones(())
+                    fresh = torch.randn(x.shape, generator=rng).to(x)
+                    x = (ab / ab_prev).sqrt() * x + (1 - ab / ab_prev).sqrt() * fresh
+                x_in = x.detach().requires_grad_(scale > 0)
+                with torch.enable_grad():
+                    eps, x0 = model.split(model.predict(x_in, t), x_in, ab)
+                    images = model.decode(x0)
+                    loss, value = total_loss(loss_fn, images, rng, regularisers)
+                    if not math.isfinite(value):
+                        stopped = f"non-finite loss at step {i}: kept the images of the last finite step"
+                        break
+                    if scale > 0:
+                        (grad,) = torch.autograd.grad(loss, x_in)
+                shown = images.detach().clone()
+                if scale > 0:
+                    rms = grad.pow(2).mean(dim=tuple(range(1, grad.dim())), keepdim=True).sqrt().clamp(min=1e-12)
+                    shift = scale * (1 - ab).sqrt() * grad / rms
+                    if guidance_space == "clean":
+                        x0 = x0.detach() - shift
+                        eps = (x_in.detach() - ab.sqrt() * x0) / (1 - ab).sqrt()
+                    else:
+                        eps = eps.detach() + shift
+                        x0 = (x_in.detach() - (1 - ab).sqrt() * eps) / ab.sqrt()
+                out = model.join(eps.detach(), x0.detach(), ab)
+                x = sched.step(out, t, x.detach(), generator=rng).prev_sample if scheduler == "ddpm" else \
+                    sched.step(out, t, x.detach()).prev_sample
+            if stopped:
+                break
             losses.append(value)
-            shown = images.detach().clone()
-            if guidance_scale > 0:
-                rms = grad.pow(2).mean(dim=tuple(range(1, grad.dim())), keepdim=True).sqrt().clamp(min=1e-12)
-                eps = eps.detach() + guidance_scale * (1 - ab).sqrt() * grad / rms
-                x0 = (x_in.detach() - (1 - ab).sqrt() * eps) / ab.sqrt()
-            out = model.join(eps.detach(), x0.detach(), ab)
-            x = sched.step(out, t, x.detach(), generator=rng).prev_sample if scheduler == "ddpm" else \
-                sched.step(out, t, x.detach()).prev_sample
             if frame_every and i % frame_every == 0:
                 frames.append(shown)
             if callback is not None:

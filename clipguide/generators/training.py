@@ -60,6 +60,7 @@ class GeneratorTrainConfig:
     sample_every: int = 0                        # 0: a sample sheet only at the end
     threads: int = 0
     precision: str = "fp32"                      # fp32 | bf16 (autocast: ~1.6x faster on CPUs with AMX/AVX512-BF16)
+    init: str = ""                               # start from an exported network: a path, or "bundled"
     model_card: str = ""
 
     def validate(self) -> "GeneratorTrainConfig":
@@ -117,6 +118,7 @@ class _Family:
     nets: dict[str, nn.Module]
     optims: dict[str, torch.optim.Optimizer]
     precision: str = "fp32"
+    init_targets: tuple[str, ...] = ()                # the nets an exported network starts (`init`)
 
     def autocast(self):
         """The context the forward passes of a step run in: bf16 autocast when precision is bf16.
@@ -133,6 +135,14 @@ class _Family:
         for k, v in state["optims"].items():
             self.optims[k].load_state_dict(v)
 
+    def start_from(self, network: nn.Module) -> None:
+        """Start training from an exported network of this family (`init`): its weights go into
+        every net it was exported from (the trained one and its moving average); optimiser states
+        and networks that are not exported (a discriminator) start fresh."""
+        source = {k: v.float() for k, v in network.state_dict().items()}
+        for name in (n for n in self.init_targets if n in self.nets):
+            _load_matching(self.nets[name], source, name)
+
     def set_lr(self, lr: float) -> None:
         for opt in self.optims.values():
             for g in opt.param_groups:
@@ -142,6 +152,8 @@ class _Family:
 class _VQGAN(_Family):
     """Autoencoder through a codebook: L1 + L2 reconstruction, codebook and commitment losses
     (VQ-VAE), codes that fall unused are restarted on encoder outputs."""
+
+    init_targets = ("vqgan",)
 
     def __init__(self, cfg: GeneratorTrainConfig, g: torch.Generator):
         from .vqgan import VQGAN, DDConfig, VQGANConfig
@@ -239,6 +251,7 @@ class _StyleGAN(_Family):
     average of the generator (what is exported, as `g_ema`), and the average w for truncation."""
 
     R1_EVERY, R1_GAMMA, EMA = 8, 1.0, 0.999
+    init_targets = ("gen", "ema")
 
     def __init__(self, cfg: GeneratorTrainConfig, g: torch.Generator):
         import copy
@@ -317,6 +330,8 @@ class _Diffusion(_Family):
     (`train_timesteps` steps, `beta_schedule`), predicting the noise, the clean picture or v
     (`prediction_type`). With `ema` > 0 an exponential moving average of the weights is kept; it
     makes the samples and is what is exported."""
+
+    init_targets = ("unet", "ema")
 
     def __init__(self, cfg: GeneratorTrainConfig, g: torch.Generator):
         from .diffusion import _diffusers
@@ -445,6 +460,8 @@ def train_generator(cfg: GeneratorTrainConfig, progress: bool = True, resume: bo
     family.precision = cfg.precision
     stream = BatchStream(source if source is not None else open_source(cfg.data), cfg.batch_size, cfg.size, cfg.seed)
     start, seconds = 0, 0.0
+    if state is None and cfg.init:
+        family.start_from(_init_network(cfg))
     if state is not None:
         if _saved_config(state, cfg.out_dir) != asdict(cfg):
             raise ConfigError(f"{ckpt} was written with another configuration; resume with the same settings")
@@ -487,6 +504,25 @@ def train_generator(cfg: GeneratorTrainConfig, progress: bool = True, resume: bo
     return _export(cfg, family, stream, out, out, seconds + time.perf_counter() - t0, cfg.steps)
 
 
+def _init_network(cfg: GeneratorTrainConfig) -> nn.Module:
+    """The network `cfg.init` names, loaded as its family's adapter loads it."""
+    from . import load_network
+
+    network = load_network(cfg.family, None if cfg.init == "bundled" else cfg.init)
+    if cfg.family == "diffusion":
+        sched = network.scheduler.config
+        for key in ("prediction_type", "beta_schedule", "num_train_timesteps"):
+            mine = cfg.architecture["train_timesteps" if key == "num_train_timesteps" else key]
+            if sched.get(key) != mine:
+                raise ConfigError(f"init network was trained with {key}={sched.get(key)!r}, this run has "
+                                  f"{mine!r}: set arch.{'train_timesteps' if key == 'num_train_timesteps' else key} "
+                                  "to match")
+        if network.vae is not None:
+            raise ConfigError("init network is a latent pipeline (it has a VAE); training starts only from pixel UNets")
+        return network.unet
+    return network
+
+
 def _saved_config(state: dict[str, Any], out_dir: str) -> dict[str, Any]:
     """A checkpoint's settings: fields added since it was written take their defaults, and the run
     folder is where it is now (a moved run still resumes)."""
@@ -519,6 +555,21 @@ def _sheet(family: _Family, x: torch.Tensor, path: Path, n: int = 32) -> None:
 
 
 EXPORTED = {"vqgan": "vqgan", "stylegan": "ema", "diffusion": "unet"}      # the network each family ships
+
+
+def _load_matching(net: nn.Module, source: dict[str, torch.Tensor], name: str) -> None:
+    """Copy `source` into `net` when it has exactly net's tensors and shapes; else say which differ."""
+    own = net.state_dict()
+    missing = sorted(set(own) - set(source))
+    extra = sorted(set(source) - set(own))
+    shapes = sorted(k for k in set(own) & set(source) if own[k].shape != source[k].shape)
+    if missing or extra or shapes:
+        detail = "; ".join(f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                           for label, keys in (("missing", missing), ("unexpected", extra), ("other shapes", shapes))
+                           if keys)
+        raise ConfigError(f"init network does not match this run's {name} architecture ({detail}); train with "
+                          "the arch settings and size it was trained with (its model card lists them)")
+    net.load_state_dict({k: source[k] for k in own})
 
 
 def command_line(cfg: GeneratorTrainConfig) -> str:

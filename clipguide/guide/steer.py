@@ -80,6 +80,15 @@ def stop_reason(error: BaseException, step: int) -> str:
     return f"stopped by the callback at step {step}" + (f": {error}" if str(error) else "")
 
 
+def total_loss(loss_fn: Callable[..., torch.Tensor], images: torch.Tensor, rng: torch.Generator,
+               regularisers: Sequence = ()) -> tuple[torch.Tensor, float]:
+    """The guidance loss of `images` plus the weighted regularisers, and its value as a float."""
+    loss = loss_fn(images, generator=rng)
+    for fn, weight in regularisers:
+        loss = loss + weight * fn(images).mean()
+    return loss, float(loss.detach())
+
+
 def model_hash(model: nn.Module) -> str:
     """Short SHA256 of a model's parameters and buffers (identifies the weights that guided)."""
     h = hashlib.sha256()
@@ -157,10 +166,7 @@ def steer(generator: nn.Module, loss_fn: Callable[..., torch.Tensor], steps: int
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
             images = generator()
-            loss = loss_fn(images, generator=rng)
-            for fn, weight in regularisers:
-                loss = loss + weight * fn(images).mean()
-            value = float(loss.detach())
+            loss, value = total_loss(loss_fn, images, rng, regularisers)
             if not math.isfinite(value):
                 stopped = f"non-finite loss at step {step}: kept the images of the last finite step"
                 break
