@@ -349,7 +349,7 @@ def _add_generator_args(p: argparse.ArgumentParser, default: str = "fourier") ->
 
 def _add_guidance_scale(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance-scale", type=float, default=None, metavar="S",
-                   help="diffusion: weight of the CLIP gradient on each denoising step (default 0.5)")
+                   help="diffusion: weight of the CLIP gradient on each denoising step (default 0.15)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -57,3 +57,47 @@ def test_bundled_default_guides_by_name(tmp_path):
     with Image.open(path) as im:
         prov = json.loads(im.text["clipguide"])
     assert prov["models"][0]["hash"]
+
+
+def _bundled_generator_families():
+    from clipguide.generators import BUNDLED
+
+    return [f for f in BUNDLED if clipguide.has_bundled_generator(f)]
+
+
+@pytest.mark.parametrize("family", _bundled_generator_families())
+def test_bundled_generator_draws_world_like_pictures(family):
+    """A bundled generator's unguided pictures are smooth like world renders and closer to them in the
+    judge's feature space than the pictures of the same network with random weights."""
+    import copy
+
+    from clipguide.generators import BUNDLED, build_generator, load_network
+    from clipguide.guide.regularisers import total_variation
+    from clipguide.world import World, WorldConfig
+
+    stem = BUNDLED[family].removesuffix(".safetensors")
+    card = (ASSETS / f"{stem}.md").read_text()
+    assert f"clipguide train-generator {family}" in card and "training time" in card
+    judge = clipguide.load("judge")
+    real = torch.stack([World(WorldConfig(seed=123)).sample(i).image for i in range(48)])
+
+    def features(x):
+        with torch.no_grad():
+            return judge.encode_image(judge.preprocess(x), normalize=True).mean(dim=0)
+
+    trained = load_network(family)
+    scrambled = copy.deepcopy(trained)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in getattr(scrambled, "unet", scrambled).parameters():     # a diffusion pipeline's UNet
+            p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+    pictures = {}
+    for name, net in (("trained", trained), ("random", scrambled)):
+        with torch.no_grad():
+            pictures[name] = build_generator(family, network=net, batch=6, seed=0)()
+        assert pictures[name].shape == (6, 3, 64, 64)
+        assert 0 <= pictures[name].min() and pictures[name].max() <= 1
+    real_tv = total_variation(real).mean()
+    assert total_variation(pictures["trained"]).mean() < 4 * real_tv < total_variation(pictures["random"]).mean()
+    target = features(real)
+    assert (features(pictures["trained"]) - target).norm() < (features(pictures["random"]) - target).norm()

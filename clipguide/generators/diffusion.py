@@ -19,7 +19,7 @@ or inverted deterministically with DDIM, then denoised with guidance.
 
     model = load_diffusion("path/to/pipeline_dir")            # a local diffusers directory
     gen = DiffusionLatent(model, size=64, generator=torch.Generator().manual_seed(0))
-    result = gen.run(CLIPLoss(clip, "a gothic church"), steps=50, guidance_scale=0.5)
+    result = gen.run(CLIPLoss(clip, "a gothic church"), steps=50, guidance_scale=0.15)
 """
 from __future__ import annotations
 
@@ -280,7 +280,7 @@ class DiffusionLatent(Generator):
         return self.model.decode(ddim_sample(self.model, self.latent, self.sample_steps))
 
     def run(self, loss_fn: Callable[..., torch.Tensor], steps: int | None = None, lr: float | None = None, *,
-            seed: int = 0, guidance_scale: float = 0.5, strength: float = 1.0, scheduler: str = "ddim",
+            seed: int = 0, guidance_scale: float = 0.15, strength: float = 1.0, scheduler: str = "ddim",
             guidance_space: str = "clean", guidance_stop: float = 1.0, recurrence: int = 1,
             callback: Callable | None = None, frame_every: int = 0, progress: bool = True,
             settings: dict | None = None, regularisers=(), latent_weight: float = 0.0, **unused) -> Any:
@@ -297,7 +297,7 @@ class DiffusionLatent(Generator):
 
 
 def guided_sample(model: DiffusionModel, loss_fn: Callable[..., torch.Tensor], noise: torch.Tensor, steps: int, *,
-                  guidance_scale: float = 0.5, seed: int = 0, strength: float = 1.0, scheduler: str = "ddim",
+                  guidance_scale: float = 0.15, seed: int = 0, strength: float = 1.0, scheduler: str = "ddim",
                   guidance_space: str = "clean", guidance_stop: float = 1.0, recurrence: int = 1,
                   init_images: torch.Tensor | None = None, callback: Callable | None = None, frame_every: int = 0,
                   progress: bool = True, settings: dict | None = None, regularisers=()):
