@@ -183,19 +183,20 @@ def _eval_guided(args) -> int:
     import clipguide
     from clipguide.guide.suite import guided_eval, world_prompt_suite
 
-    run_options = _run_options(args)                      # checked before anything loads
-    guide = _load(args)
-    judge = clipguide.load(args.judge, device=args.device)
+    run_options = _run_options(args)                      # options checked before anything loads
     if args.prompts:
         from pathlib import Path
 
         prompts = [line.strip() for line in Path(args.prompts).read_text().splitlines() if line.strip()]
     else:
         prompts = world_prompt_suite()
+    candidates = _candidates(args.candidates, prompts)
+    guide = _load(args)
+    judge = clipguide.load(args.judge, device=args.device)
     report, pictures = guided_eval(guide, judge, prompts, generator=args.generator, steps=args.steps, lr=args.lr,
                                    cutouts=args.cutouts, size=args.size, seed=args.seed, tv=args.tv,
                                    generator_model=args.generator_model, generator_options=_generator_options(args),
-                                   run_options=run_options)
+                                   run_options=run_options, candidates=candidates)
     for i, p in enumerate(report.prompts):
         print(json.dumps({"prompt": p, "guide_score": round(report.guide[i], 4),
                           "augmented_score": round(report.augmented[i], 4), "judge_correct": report.judge_correct[i],
@@ -203,13 +204,30 @@ def _eval_guided(args) -> int:
                           "adversarial": report.adversarial[i] if report.adversarial else None}), flush=True)
     summary = {"task": "guided", "guide": args.model, "judge": args.judge, "generator": args.generator,
                "steps": args.steps, "cutouts": args.cutouts, "seed": args.seed, **run_options,
-               **report.summary()}
+               "candidates": len(candidates), **report.summary()}
     print(json.dumps(summary), flush=True)
     if args.sheet:
         from clipguide.world import contact_sheet
 
         contact_sheet(list(pictures), report.prompts, args.sheet)
     return 0
+
+
+def _candidates(option: str, prompts: list[str]) -> list[str]:
+    """The captions the judge chooses among: the prompts, the world's suite, or a file's lines."""
+    from pathlib import Path
+
+    from clipguide.errors import InputError
+    from clipguide.guide.suite import world_prompt_suite
+
+    if option == "prompts":
+        return prompts
+    if option == "suite":
+        return world_prompt_suite()
+    path = Path(option)
+    if not path.is_file():
+        raise InputError(f"--candidates takes 'prompts', 'suite' or a text file of captions; {option!r} is none of them")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
 def _eval_edits(args) -> int:
@@ -407,6 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge", default="judge", help="guided: the independent scoring model (default: bundled 'judge')")
     p.add_argument("--prompts", default=None, help="guided: a text file, one prompt per line (default: the world's "
                    "held-out suite, 52 prompts)")
+    p.add_argument("--candidates", default="prompts",
+                   help="guided: the captions the judge chooses among: 'prompts' (default, the prompts themselves), "
+                   "'suite' (the world's 52-prompt suite, e.g. for a part of it given by --prompts) or a text file")
     p.add_argument("--generator", choices=["pixels", "fourier", "vqgan", "stylegan", "diffusion"], default="fourier",
                    help="guided, edits: the generator steered (default fourier)")
     p.add_argument("--generator-model", default=None,

@@ -71,3 +71,34 @@ def test_eval_guided_command(nano, tmp_path, capsys):
     assert [x["prompt"] for x in lines[:2]] == ["a red star on the left", "a tree at night"]
     assert lines[-1]["task"] == "guided" and lines[-1]["n"] == 2 and "adversarial_share" in lines[-1]
     assert sheet.stat().st_size > 0
+
+
+def test_guided_eval_judges_among_the_candidates(nano):
+    from clipguide.guide.score import judge_choice
+
+    judge = clipguide.create_model("ViT-nano", tokenizer=nano.tokenizer).eval()
+    prompts = ["a red star on the left", "a tree at night"]
+    alone, _ = guided_eval(nano, judge, prompts[:1], steps=2, cutouts=2, progress=False)
+    assert alone.judge_correct == [True]                     # one candidate: the judge cannot miss
+    suite = world_prompt_suite()
+    report, pictures = guided_eval(nano, judge, prompts, steps=2, cutouts=2, progress=False, candidates=suite)
+    expected = [suite[int(i)] == p for i, p in zip(judge_choice(judge, pictures, suite), prompts)]
+    assert report.judge_correct == expected
+    with pytest.raises(InputError, match="missing: \\['a tree at night'\\]"):
+        guided_eval(nano, judge, prompts, steps=1, progress=False, candidates=prompts[:1])
+
+
+def test_eval_guided_command_candidates(nano, tmp_path, capsys):
+    path = clipguide.save(nano, tmp_path / "nano.safetensors")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red star on the left\n")
+    args = ["eval", "guided", "--model", str(path), "--judge", str(path), "--prompts", str(prompts),
+            "--steps", "1", "--cutouts", "2"]
+    assert main(args + ["--candidates", "suite"]) == 0
+    summary = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")][-1]
+    assert summary["candidates"] == len(world_prompt_suite()) and summary["n"] == 1
+    # a bad value is refused before any model loads (the model path below does not exist)
+    bad = ["eval", "guided", "--model", str(tmp_path / "none.safetensors"), "--prompts", str(prompts),
+           "--candidates", str(tmp_path / "no-such-file.txt")]
+    assert main(bad) != 0
+    assert "--candidates takes 'prompts', 'suite' or a text file" in capsys.readouterr().err

@@ -133,17 +133,23 @@ def _steer_prompt(gen, model, prompt: str, *, generator: str, size, steps: int, 
 def guided_eval(guide, judge, prompts: Sequence[str] | None = None, *, generator: str = "fourier",
                 steps: int = 100, lr: float = 0.05, cutouts: int = 16, size: int | None = None, seed: int = 0,
                 tv: float = 0.0, progress: bool = True, generator_model=None,
-                generator_options: dict | None = None, run_options: dict | None = None
-                ) -> tuple[ScoreReport, torch.Tensor]:
+                generator_options: dict | None = None, run_options: dict | None = None,
+                candidates: Sequence[str] | None = None) -> tuple[ScoreReport, torch.Tensor]:
     """Steer one picture per prompt with `guide`, then score them: the guide's score, an augmented
-    score, the judge's top-1 among all the prompts, the oracle's checks, the adversarial flag
-    (guide score up, judge score not), and the same judge and oracle on the generator's unguided
-    picture from the same seed (the baseline). Returns the report and the pictures (N, 3, H, W)."""
+    score, the judge's top-1 among `candidates` (default: the prompts themselves; every prompt must
+    be one of them), the oracle's checks, the adversarial flag (guide score up, judge score not), and
+    the same judge and oracle on the generator's unguided picture from the same seed (the baseline).
+    Returns the report and the pictures (N, 3, H, W)."""
     from ..generators import load_network
 
     prompts = list(prompts) if prompts is not None else world_prompt_suite()
     if not prompts:
         raise InputError("the prompt suite is empty")
+    candidates = list(candidates) if candidates is not None else prompts
+    missing = [p for p in prompts if p not in candidates]
+    if missing:
+        raise InputError(f"the judge chooses among the candidates, which must hold every prompt; missing: {missing[:3]}"
+                         f"{' ...' if len(missing) > 3 else ''}")
     network = load_network(generator, generator_model)          # once, shared by every prompt
     images, starts = [], []
     bar = None
@@ -163,5 +169,5 @@ def guided_eval(guide, judge, prompts: Sequence[str] | None = None, *, generator
     if bar is not None:
         bar.close()
     pics = torch.stack(images)
-    report = score(pics, prompts, guide, judge, suite=prompts, initial_images=torch.stack(starts))
+    report = score(pics, prompts, guide, judge, suite=candidates, initial_images=torch.stack(starts))
     return report, pics
