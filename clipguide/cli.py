@@ -159,6 +159,10 @@ def cmd_eval(args) -> int:
 
     if args.what == "guided":
         return _eval_guided(args)
+    if args.candidates is not None:
+        from clipguide.errors import InputError
+
+        raise InputError(f"--candidates is for 'eval guided' (the captions its judge chooses among), not 'eval {args.what}'")
     if args.what == "edits":
         return _eval_edits(args)
     _run_options(args)                                    # refuses options that only steering takes
@@ -184,13 +188,8 @@ def _eval_guided(args) -> int:
     from clipguide.guide.suite import guided_eval, world_prompt_suite
 
     run_options = _run_options(args)                      # options checked before anything loads
-    if args.prompts:
-        from pathlib import Path
-
-        prompts = [line.strip() for line in Path(args.prompts).read_text().splitlines() if line.strip()]
-    else:
-        prompts = world_prompt_suite()
-    candidates = _candidates(args.candidates, prompts)
+    prompts = _lines(args.prompts, "--prompts") if args.prompts else world_prompt_suite()
+    candidates = _candidates(args.candidates or "prompts", prompts)
     guide = _load(args)
     judge = clipguide.load(args.judge, device=args.device)
     report, pictures = guided_eval(guide, judge, prompts, generator=args.generator, steps=args.steps, lr=args.lr,
@@ -213,21 +212,30 @@ def _eval_guided(args) -> int:
     return 0
 
 
-def _candidates(option: str, prompts: list[str]) -> list[str]:
-    """The captions the judge chooses among: the prompts, the world's suite, or a file's lines."""
-    from pathlib import Path
-
+def _lines(path: str, option: str) -> list[str]:
+    """The non-blank lines of a text file given to `option`."""
     from clipguide.errors import InputError
+
+    if not Path(path).is_file():
+        raise InputError(f"{option}: no file {path!r}; give a text file, one caption per line")
+    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def _candidates(option: str, prompts: list[str]) -> list[str]:
+    """The captions the judge chooses among: the prompts, the world's suite, or a file's lines;
+    checked to hold every prompt before anything loads."""
+    from clipguide.errors import InputError
+    from clipguide.guide.score import check_candidates
     from clipguide.guide.suite import world_prompt_suite
 
     if option == "prompts":
         return prompts
-    if option == "suite":
-        return world_prompt_suite()
-    path = Path(option)
-    if not path.is_file():
-        raise InputError(f"--candidates takes 'prompts', 'suite' or a text file of captions; {option!r} is none of them")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    candidates = world_prompt_suite() if option == "suite" else _lines(option, "--candidates ('prompts', 'suite' or a file)")
+    try:
+        check_candidates(prompts, candidates)
+    except InputError as e:
+        raise InputError(f"--candidates {option}: {e}") from None
+    return candidates
 
 
 def _eval_edits(args) -> int:
@@ -425,8 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge", default="judge", help="guided: the independent scoring model (default: bundled 'judge')")
     p.add_argument("--prompts", default=None, help="guided: a text file, one prompt per line (default: the world's "
                    "held-out suite, 52 prompts)")
-    p.add_argument("--candidates", default="prompts",
-                   help="guided: the captions the judge chooses among: 'prompts' (default, the prompts themselves), "
+    p.add_argument("--candidates", default=None,
+                   help="guided: the captions the judge chooses among: 'prompts' (the default: the prompts themselves), "
                    "'suite' (the world's 52-prompt suite, e.g. for a part of it given by --prompts) or a text file")
     p.add_argument("--generator", choices=["pixels", "fourier", "vqgan", "stylegan", "diffusion"], default="fourier",
                    help="guided, edits: the generator steered (default fourier)")

@@ -73,18 +73,26 @@ def test_eval_guided_command(nano, tmp_path, capsys):
     assert sheet.stat().st_size > 0
 
 
-def test_guided_eval_judges_among_the_candidates(nano):
-    from clipguide.guide.score import judge_choice
+
+def test_guided_eval_judges_among_the_candidates(nano, monkeypatch):
+    import clipguide.guide.suite as suite_module
 
     judge = clipguide.create_model("ViT-nano", tokenizer=nano.tokenizer).eval()
     prompts = ["a red star on the left", "a tree at night"]
-    alone, _ = guided_eval(nano, judge, prompts[:1], steps=2, cutouts=2, progress=False)
-    assert alone.judge_correct == [True]                     # one candidate: the judge cannot miss
+    seen = {}
+    real_score = suite_module.score
+
+    def spy(*args, **kwargs):
+        seen["suite"] = kwargs["suite"]
+        return real_score(*args, **kwargs)
+
+    monkeypatch.setattr(suite_module, "score", spy)
     suite = world_prompt_suite()
-    report, pictures = guided_eval(nano, judge, prompts, steps=2, cutouts=2, progress=False, candidates=suite)
-    expected = [suite[int(i)] == p for i, p in zip(judge_choice(judge, pictures, suite), prompts)]
-    assert report.judge_correct == expected
-    with pytest.raises(InputError, match="missing: \\['a tree at night'\\]"):
+    report, pictures = guided_eval(nano, judge, prompts, steps=1, cutouts=2, progress=False, candidates=suite)
+    assert seen["suite"] == suite and len(report.judge_correct) == 2
+    guided_eval(nano, judge, prompts, steps=1, cutouts=2, progress=False)
+    assert seen["suite"] == prompts                        # by default the prompts themselves
+    with pytest.raises(InputError, match="1 of the prompts are not among .*'a tree at night'"):
         guided_eval(nano, judge, prompts, steps=1, progress=False, candidates=prompts[:1])
 
 
@@ -97,8 +105,14 @@ def test_eval_guided_command_candidates(nano, tmp_path, capsys):
     assert main(args + ["--candidates", "suite"]) == 0
     summary = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")][-1]
     assert summary["candidates"] == len(world_prompt_suite()) and summary["n"] == 1
-    # a bad value is refused before any model loads (the model path below does not exist)
-    bad = ["eval", "guided", "--model", str(tmp_path / "none.safetensors"), "--prompts", str(prompts),
-           "--candidates", str(tmp_path / "no-such-file.txt")]
-    assert main(bad) != 0
-    assert "--candidates takes 'prompts', 'suite' or a text file" in capsys.readouterr().err
+    # bad values are refused before any model loads (the model path below does not exist)
+    lacking = tmp_path / "lacking.txt"
+    lacking.write_text("two cyan hearts\n")
+    nowhere = str(tmp_path / "none.safetensors")
+    for bad, message in ((["--candidates", str(tmp_path / "no-such-file.txt")], "no file"),
+                         (["--candidates", str(lacking)], "add them to the candidates"),
+                         (["--prompts", str(tmp_path / "no-prompts.txt")], "--prompts: no file")):
+        assert main(["eval", "guided", "--model", nowhere, "--prompts", str(prompts)] + bad) != 0
+        assert message in capsys.readouterr().err
+    assert main(["eval", "zero-shot", "--model", nowhere, "--candidates", "suite"]) != 0
+    assert "--candidates is for 'eval guided'" in capsys.readouterr().err

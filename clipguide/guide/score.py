@@ -47,6 +47,15 @@ def _augmented(model: CLIP, images: torch.Tensor, text: torch.Tensor, n: int = 1
 
 
 @torch.no_grad()
+def check_candidates(prompts: Sequence[str], candidates: Sequence[str]) -> None:
+    """The judge picks each prompt's picture's caption among `candidates`: every prompt must be one."""
+    missing = [p for p in prompts if p not in set(candidates)]
+    if missing:
+        shown = ", ".join(repr(p) for p in missing[:3]) + (" ..." if len(missing) > 3 else "")
+        raise InputError(f"{len(missing)} of the prompts are not among the judge's candidate captions ({shown}): "
+                         "add them to the candidates, or let the judge choose among the prompts themselves")
+
+
 def judge_choice(judge: CLIP, images: torch.Tensor, candidates: Sequence[str]) -> torch.Tensor:
     """Index of the candidate caption the judge finds closest, per image: (B,)."""
     return (_image(judge, images) @ _text(judge, candidates).T).argmax(dim=-1)
@@ -111,6 +120,7 @@ def score(images: torch.Tensor, prompts: Sequence[str], guide: CLIP, judge: CLIP
     unguided = [True] * len(prompts) if initial_images is not None else []   # no judge: only the oracle decides
     if judge is not None:
         cands = list(suite) if suite is not None else prompts
+        check_candidates(prompts, cands)
         truth = torch.tensor([cands.index(p) for p in prompts])
         cand_text = _text(judge, cands)
         judge_image = _image(judge, images)

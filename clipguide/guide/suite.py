@@ -19,7 +19,7 @@ from ..world.captions import relation_phrase, scene_phrase
 from ..world.heldout import (EVAL_COLOUR_SHAPE, EVAL_SCENES, HELDOUT_COUNT_SHAPE,
                              HELDOUT_RELATION_COLOURS, TRAIN_COLOUR_SHAPE)
 from ..world.vocab import COLOURS, POSITION_PHRASES, POSITIONS, count_phrase, with_article
-from .score import ScoreReport, score
+from .score import ScoreReport, check_candidates, score
 
 KINDS = ("object", "count", "relation", "scene")
 
@@ -146,10 +146,7 @@ def guided_eval(guide, judge, prompts: Sequence[str] | None = None, *, generator
     if not prompts:
         raise InputError("the prompt suite is empty")
     candidates = list(candidates) if candidates is not None else prompts
-    missing = [p for p in prompts if p not in candidates]
-    if missing:
-        raise InputError(f"the judge chooses among the candidates, which must hold every prompt; missing: {missing[:3]}"
-                         f"{' ...' if len(missing) > 3 else ''}")
+    check_candidates(prompts, candidates)                  # before any picture is made
     network = load_network(generator, generator_model)          # once, shared by every prompt
     images, starts = [], []
     bar = None
