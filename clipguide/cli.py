@@ -327,19 +327,32 @@ def _generator_options(args) -> dict:
 
 
 def _run_options(args) -> dict:
-    """Options of the generator's run(): the diffusion guidance scale."""
+    """Options of the generator's run(): the diffusion guidance scale and guidance stop."""
     from clipguide.errors import InputError
 
-    scale = getattr(args, "guidance_scale", None)
-    if scale is None:
+    given = {flag: value for flag, value in (("--guidance-scale", getattr(args, "guidance_scale", None)),
+                                             ("--guidance-stop", getattr(args, "guidance_stop", None)))
+             if value is not None}
+    if not given:
         return {}
+    flag = next(iter(given))
     if getattr(args, "what", "guided") == "zero-shot":
-        raise InputError("--guidance-scale is for 'eval guided' and 'eval edits', not zero-shot evaluation")
+        raise InputError(f"{flag} is for 'eval guided' and 'eval edits', not zero-shot evaluation")
     if args.generator != "diffusion":
-        raise InputError(f"--guidance-scale only applies to --generator diffusion (got {args.generator})")
-    if not math.isfinite(scale) or scale < 0:
-        raise InputError(f"--guidance-scale must be a finite number >= 0, got {scale}")
-    return {"guidance_scale": scale}
+        raise InputError(f"{flag} only applies to --generator diffusion (got {args.generator})")
+    options = {}
+    if "--guidance-scale" in given:
+        scale = given["--guidance-scale"]
+        if not math.isfinite(scale) or scale < 0:
+            raise InputError(f"--guidance-scale must be a finite number >= 0, got {scale}")
+        options["guidance_scale"] = scale
+    if "--guidance-stop" in given:
+        stop = given["--guidance-stop"]
+        if not 0 <= stop <= 1:          # NaN fails too
+            raise InputError(f"--guidance-stop is the fraction of denoising steps that are guided: a number in "
+                             f"[0, 1], got {stop}")
+        options["guidance_stop"] = stop
+    return options
 
 
 def cmd_edit(args) -> int:
@@ -376,6 +389,8 @@ def _add_generator_args(p: argparse.ArgumentParser, default: str = "fourier") ->
 def _add_guidance_scale(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance-scale", type=float, default=None, metavar="S",
                    help="diffusion: weight of the CLIP gradient on each denoising step (default 0.15)")
+    p.add_argument("--guidance-stop", type=float, default=None, metavar="F",
+                   help="diffusion: the fraction of denoising steps that are guided, the first ones (default 1: all)")
 
 
 def build_parser() -> argparse.ArgumentParser:

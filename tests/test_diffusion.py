@@ -245,8 +245,8 @@ def test_bad_directories_say_what_is_wrong(tmp_path, pixel_dir):
 
 
 def test_guidance_scale_on_the_command_line(pixel_dir, tmp_path, capsys):
-    """`clipguide generate --guidance-scale` reaches the diffusion sampler (it is in the PNG's
-    provenance); other generators refuse it with a message."""
+    """`clipguide generate --guidance-scale / --guidance-stop` reach the diffusion sampler (they are in
+    the PNG's provenance); other generators refuse them with a message."""
     from PIL import Image
 
     import clipguide
@@ -272,3 +272,11 @@ def test_guidance_scale_on_the_command_line(pixel_dir, tmp_path, capsys):
     assert "only applies to --generator diffusion (got vqgan)" in capsys.readouterr().err
     assert main(["eval", "--model", str(clip), "--guidance-scale", "1"]) == 2
     assert "not zero-shot" in capsys.readouterr().err
+    assert main(args + ["--guidance-stop", "0.5"]) == 0
+    provenance = json.loads(Image.open(out).text["clipguide"])
+    assert provenance["guidance_stop"] == 0.5 and provenance["guidance_scale"] == 0.15   # the default scale
+    for bad in ("1.5", "nan"):
+        assert main(args + ["--guidance-stop", bad]) == 2
+        assert "a number in [0, 1]" in capsys.readouterr().err
+    assert main(args[:-4] + ["--guidance-stop", "0.5"]) == 2
+    assert "--guidance-stop only applies to --generator diffusion" in capsys.readouterr().err
