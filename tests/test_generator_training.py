@@ -130,9 +130,9 @@ def test_a_checkpoint_from_before_a_new_setting_resumes(tmp_path):
         T.train_generator(_cfg("diffusion", tmp_path / "old", steps=3, precision="bf16"), progress=False, resume=True)
 
 
-def test_a_snapshot_exports_a_run_part_way(tmp_path):
+def test_a_snapshot_exports_a_run_part_way(tmp_path, monkeypatch):
     """--snapshot exports the last checkpoint with the run's own settings into snapshot-STEP, which
-    loads and steers; the run then resumes as if nothing happened."""
+    loads and steers and can be bundled; the run then resumes as if nothing happened."""
     cfg = _cfg("diffusion", tmp_path / "run", steps=6)
     with pytest.raises(ConfigError, match="no checkpoint"):
         T.train_generator(cfg, progress=False, snapshot=True)
@@ -161,6 +161,28 @@ def test_a_snapshot_exports_a_run_part_way(tmp_path):
     assert not (tmp_path / "run" / "world-diffusion").exists()
     T.train_generator(cfg, progress=False, resume=True)
     assert (tmp_path / "run" / "world-diffusion").exists()
+    # tools/bundle.py takes a snapshot folder too (into a scratch assets folder, not the package's)
+    import clipguide.generators as generators
+
+    bundle = _bundle_tool()
+    monkeypatch.setattr(bundle, "ASSETS", tmp_path / "assets")
+    monkeypatch.setattr(generators, "ASSETS", tmp_path / "assets")
+    bundle.bundle_generator(path.parent)
+    assert generators.has_bundled_generator("diffusion")
+    assert build_generator("diffusion", size=32, seed=0)().shape == (1, 3, 32, 32)   # the bundled one
+    card = (tmp_path / "assets" / "world-diffusion.md").read_text()
+    assert "a snapshot after 3 of them" in card and "(world-diffusion-samples.png)" in card
+
+
+def _bundle_tool():
+    """tools/bundle.py as a module."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bundle", Path(__file__).parents[1] / "tools" / "bundle.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.mark.parametrize("family", T.FAMILIES)

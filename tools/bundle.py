@@ -2,6 +2,7 @@
 
     python tools/bundle.py runs/default default        # a CLIP run (clipguide train)
     python tools/bundle.py runs/gen-diffusion          # a generator run (clipguide train-generator)
+    python tools/bundle.py runs/gen-vqgan/snapshot-002000   # or a snapshot of one part-way (--snapshot)
 
 A CLIP run gives clipguide/assets/default.safetensors (the run's fp16 export), default.md (its model
 card, with the pictures linked) and default-curves.png / default-confusion.png. A generator run gives
@@ -59,7 +60,7 @@ def bundle_generator(run: Path) -> None:
     """A finished `clipguide train-generator` run into the assets as its family's bundled network."""
     from clipguide.generators import BUNDLED, load_network
 
-    family = json.loads((run / "config.json").read_text())["family"]
+    family = json.loads(_run_config(run).read_text())["family"]
     asset = BUNDLED[family]
     export, card = run / asset, run / "MODEL_CARD.md"
     for f in (export, card):
@@ -89,8 +90,14 @@ def bundle_generator(run: Path) -> None:
     print(f"loads as the bundled {family} network")
 
 
+def _run_config(run: Path) -> Path:
+    """A generator run's config.json; a snapshot folder (RUN/snapshot-STEP) has its run's."""
+    own = run / "config.json"
+    return own if own.is_file() or not run.name.startswith("snapshot-") else run.parent / "config.json"
+
+
 def _is_generator_run(run: Path) -> bool:
-    cfg = run / "config.json"
+    cfg = _run_config(run)
     return cfg.is_file() and "family" in json.loads(cfg.read_text())
 
 
