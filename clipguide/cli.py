@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -329,29 +328,21 @@ def _generator_options(args) -> dict:
 def _run_options(args) -> dict:
     """Options of the generator's run(): the diffusion guidance scale and guidance stop."""
     from clipguide.errors import InputError
+    from clipguide.generators.diffusion import check_guidance
 
-    given = {flag: value for flag, value in (("--guidance-scale", getattr(args, "guidance_scale", None)),
-                                             ("--guidance-stop", getattr(args, "guidance_stop", None)))
-             if value is not None}
-    if not given:
+    options = {name: getattr(args, name) for name in ("guidance_scale", "guidance_stop")
+               if getattr(args, name, None) is not None}
+    if not options:
         return {}
-    flag = next(iter(given))
+    flag = "--" + next(iter(options)).replace("_", "-")
     if getattr(args, "what", "guided") == "zero-shot":
         raise InputError(f"{flag} is for 'eval guided' and 'eval edits', not zero-shot evaluation")
     if args.generator != "diffusion":
         raise InputError(f"{flag} only applies to --generator diffusion (got {args.generator})")
-    options = {}
-    if "--guidance-scale" in given:
-        scale = given["--guidance-scale"]
-        if not math.isfinite(scale) or scale < 0:
-            raise InputError(f"--guidance-scale must be a finite number >= 0, got {scale}")
-        options["guidance_scale"] = scale
-    if "--guidance-stop" in given:
-        stop = given["--guidance-stop"]
-        if not 0 <= stop <= 1:          # NaN fails too
-            raise InputError(f"--guidance-stop is the fraction of denoising steps that are guided: a number in "
-                             f"[0, 1], got {stop}")
-        options["guidance_stop"] = stop
+    try:
+        check_guidance(**options)
+    except InputError as e:
+        raise InputError(f"--guidance-scale / --guidance-stop: {e}") from None
     return options
 
 

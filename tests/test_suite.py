@@ -73,7 +73,6 @@ def test_eval_guided_command(nano, tmp_path, capsys):
     assert sheet.stat().st_size > 0
 
 
-
 def test_guided_eval_judges_among_the_candidates(nano, monkeypatch):
     import clipguide.guide.suite as suite_module
 

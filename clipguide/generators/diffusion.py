@@ -296,6 +296,17 @@ class DiffusionLatent(Generator):
                              progress=progress, settings=settings, regularisers=regularisers)
 
 
+def check_guidance(guidance_scale: float = 0.15, guidance_stop: float = 1.0) -> None:
+    """Refuse a guidance scale that is not a finite number >= 0 and a guidance stop outside [0, 1]
+    (NaN included), with what each one means."""
+    if not (math.isfinite(guidance_scale) and guidance_scale >= 0):
+        raise InputError(f"guidance_scale (the weight of the CLIP gradient) must be a finite number >= 0, "
+                         f"got {guidance_scale}")
+    if not 0 <= guidance_stop <= 1:
+        raise InputError(f"guidance_stop is the fraction of denoising steps that are guided: a number in [0, 1], "
+                         f"got {guidance_stop}")
+
+
 def guided_sample(model: DiffusionModel, loss_fn: Callable[..., torch.Tensor], noise: torch.Tensor, steps: int, *,
                   guidance_scale: float = 0.15, seed: int = 0, strength: float = 1.0, scheduler: str = "ddim",
                   guidance_space: str = "clean", guidance_stop: float = 1.0, recurrence: int = 1,
@@ -308,12 +319,9 @@ def guided_sample(model: DiffusionModel, loss_fn: Callable[..., torch.Tensor], n
         raise InputError(f"steps must be >= 1, got {steps}")
     if not 0 < strength <= 1:
         raise InputError(f"strength must be in (0, 1], got {strength}")
-    if not guidance_scale >= 0:
-        raise InputError(f"guidance_scale must be >= 0, got {guidance_scale}")
+    check_guidance(guidance_scale, guidance_stop)
     if guidance_space not in GUIDANCE_SPACES:
         raise InputError(f"guidance_space {guidance_space!r} is not one of {GUIDANCE_SPACES}")
-    if not 0 <= guidance_stop <= 1:
-        raise InputError(f"guidance_stop must be in [0, 1] (the fraction of steps that are guided), got {guidance_stop}")
     if isinstance(recurrence, bool) or not isinstance(recurrence, int) or recurrence < 1:
         raise InputError(f"recurrence must be an integer >= 1, got {recurrence!r}")
     d = _diffusers()

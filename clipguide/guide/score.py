@@ -46,16 +46,17 @@ def _augmented(model: CLIP, images: torch.Tensor, text: torch.Tensor, n: int = 1
     return (emb * text[:, None]).sum(dim=-1).mean(dim=1)
 
 
-@torch.no_grad()
 def check_candidates(prompts: Sequence[str], candidates: Sequence[str]) -> None:
     """The judge picks each prompt's picture's caption among `candidates`: every prompt must be one."""
-    missing = [p for p in prompts if p not in set(candidates)]
+    known = set(candidates)
+    missing = [p for p in prompts if p not in known]
     if missing:
         shown = ", ".join(repr(p) for p in missing[:3]) + (" ..." if len(missing) > 3 else "")
         raise InputError(f"{len(missing)} of the prompts are not among the judge's candidate captions ({shown}): "
                          "add them to the candidates, or let the judge choose among the prompts themselves")
 
 
+@torch.no_grad()
 def judge_choice(judge: CLIP, images: torch.Tensor, candidates: Sequence[str]) -> torch.Tensor:
     """Index of the candidate caption the judge finds closest, per image: (B,)."""
     return (_image(judge, images) @ _text(judge, candidates).T).argmax(dim=-1)
