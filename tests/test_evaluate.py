@@ -64,6 +64,47 @@ def test_templates_are_averaged():
     assert r["top1"] == 1.0
 
 
+def test_wordings_are_averaged_with_the_templates():
+    # text i embeds as one-hot(i): "a" alone is axis 0; with its wordings it is the mean of 0 and 2
+    model = StubModel(["a", "b", "a2", "b2"])
+    plain = ev.class_embeddings(model, ["a", "b"])
+    assert torch.allclose(plain, F.one_hot(torch.tensor([0, 1]), 64).float())
+    words = {"a": ("a", "a2"), "b": ("b",)}
+    emb = ev.class_embeddings(model, ["a", "b"], templates=("x|{}", "y|{}"), wordings=words.__getitem__)
+    expect = F.normalize(torch.stack([F.one_hot(torch.tensor(0), 64) + F.one_hot(torch.tensor(2), 64),
+                                      F.one_hot(torch.tensor(1), 64)]).float(), dim=-1)
+    assert torch.allclose(emb, expect)
+    # an image lying on axis 2 (the wording "a2") is read as "a", not "b"
+    x = _images([2])
+    assert ev.zero_shot(model, x, [0], ["a", "b"], wordings=words.__getitem__)["top1"] == 1.0
+    assert ev.zero_shot(model, x, [1], ["a", "b"], wordings=words.__getitem__)["top1"] == 0.0
+
+
+@pytest.mark.parametrize("task", ["colour_shape", "count", "relation", "scene"])
+def test_world_wordings_restate_the_class(task):
+    from clipguide.world.parse import parse_caption
+    from clipguide.world.tasks import get_task
+    from clipguide.world.vocab import INVERSE_RELATION
+
+    t = get_task(task)
+    items = t.items(40, seed=3)
+    several = 0
+    for it in items:
+        for c in it.candidates:
+            words = t.wordings(c)
+            assert words[0] == c and len(set(words)) == len(words)
+            truth = {k: v for k, v in parse_caption(c).items() if k != "count" or task == "count"}
+            for w in words:               # every wording reads back as the same class
+                back = parse_caption(w)
+                if back.get("kind") == "relation" and back["objects"] != truth["objects"]:
+                    back = {"kind": "relation", "objects": back["objects"][::-1],     # said the other way
+                            "relation": INVERSE_RELATION[back["relation"]]}
+                assert {k: back.get(k) for k in truth} == truth, (c, w)
+            several += len(words) > 1
+    assert several > 0
+    assert t.wordings("something else entirely") == ("something else entirely",)
+
+
 def test_retrieval_ranks():
     caps = [f"t{i}" for i in range(20)]
     model = StubModel(caps)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import time
 
 import numpy as np
@@ -180,6 +181,48 @@ def test_attributes_cover_vocabulary_and_backgrounds_contrast():
     assert seen["shape"] == set(SHAPES) and seen["scene"] == set(SCENE_CLASSES)
     assert seen["background"] == {"neutral", "plain", "gradient", "stripes"}
     assert seen["backdrop"] == set(SCENE_OBJECTS)
+
+
+def test_relight_changes_only_the_light_of_training_scenes():
+    plain = World(seed=4, split="train", kinds={"scene": 1}, twins=0.5)
+    relit = World(seed=4, split="train", kinds={"scene": 1}, twins=0.5, relight=1.0)
+    changed = 0
+    for i in range(40):
+        a, b = plain.spec(i).landscape, relit.spec(i).landscape
+        assert b.relight and not a.relight                  # twins keep the light of their pair
+        assert dataclasses.replace(b, relight=False) == a   # same object, place, condition, details
+        assert plain.caption(i) == relit.caption(i)
+        diff = (plain.image(i) - relit.image(i)).abs()
+        changed += bool(diff.max() > 0.05)
+    assert changed >= 28                  # the sun and the moon are lights: relighting leaves them
+
+    evals = World(seed=4, split="eval", kinds={"scene": 1}, relight=1.0)
+    assert not any(evals.spec(i).landscape.relight for i in range(40))
+    half = World(seed=4, split="train", kinds={"scene": 1}, relight=0.5)
+    share = np.mean([half.spec(i).landscape.relight for i in range(400)])
+    assert 0.4 < share < 0.6
+    with pytest.raises(ConfigError, match="relight"):
+        World(relight=1.5)
+
+
+def test_empty_landscapes_teach_conditions_in_training_only():
+    w = World(seed=6, split="train", kinds={"scene": 1}, backdrops=0.0, empty=1.0)
+    seen = set()
+    for i in range(60):
+        a = w.attrs(i)
+        assert w.spec(i).landscape.obj == "" and "object" not in a
+        seen.add(a["condition"])
+        assert a["canonical"] == "an empty landscape " + {"day": "during the day", "night": "at night",
+                                                          "snow": "in the snow"}[a["condition"]]
+        assert ("night" in w.caption(i)) == (a["condition"] == "night")
+    assert seen == set(CONDITIONS)
+    night = next(i for i in range(60) if w.attrs(i)["condition"] == "night")
+    day = next(i for i in range(60) if w.attrs(i)["condition"] == "day")
+    assert w.image(night).mean() < w.image(day).mean() - 0.2
+    evals = World(seed=6, split="eval", kinds={"scene": 1}, empty=1.0)
+    assert all(evals.attrs(i).get("object") for i in range(40))
+    with pytest.raises(ConfigError, match="empty"):
+        World(empty=-0.1)
 
 
 def test_count_shapes_do_not_overlap():

@@ -30,18 +30,25 @@ def text_features(model: CLIP, texts: Sequence[str], batch: int = 512) -> torch.
     return torch.cat(out) if out else torch.zeros(0, model.config.embed_dim)
 
 
-def class_embeddings(model: CLIP, candidates: Sequence[str], templates: Sequence[str] = ("{}",)) -> torch.Tensor:
-    """One embedding per candidate: the mean of its normalised template embeddings, renormalised."""
-    texts = [t.format(c) for c in candidates for t in templates]
-    feats = text_features(model, texts).view(len(candidates), len(templates), -1)
-    return F.normalize(feats.mean(dim=1), dim=-1)
+def class_embeddings(model: CLIP, candidates: Sequence[str], templates: Sequence[str] = ("{}",),
+                     wordings: Callable[[str], Sequence[str]] | None = None) -> torch.Tensor:
+    """One embedding per candidate: the mean of the normalised embeddings of its prompts (each of
+    its `wordings(candidate)`, by default the candidate alone, in every template), renormalised."""
+    groups = [[t.format(w) for w in (wordings(c) if wordings else (c,)) for t in templates] for c in candidates]
+    feats = text_features(model, [text for g in groups for text in g])
+    if not groups:
+        return feats
+    means = torch.stack([f.mean(dim=0) for f in feats.split([len(g) for g in groups])])
+    return F.normalize(means, dim=-1)
 
 
 def zero_shot(model: CLIP, images: torch.Tensor, labels: Sequence[int],
               candidates: Sequence[Sequence[str]] | Sequence[str], templates: Sequence[str] = ("{}",),
-              return_predictions: bool = False) -> dict:
+              return_predictions: bool = False,
+              wordings: Callable[[str], Sequence[str]] | None = None) -> dict:
     """Top-1 / top-5 accuracy. `candidates` is one list of class prompts shared by every image, or
-    one list per image (tasks whose candidates depend on what the image shows)."""
+    one list per image (tasks whose candidates depend on what the image shows). Each candidate is
+    embedded as the mean over `templates` and, if given, its `wordings` (see class_embeddings)."""
     img = image_features(model, images)
     labels_t = torch.as_tensor(list(labels))
     if len(candidates) and isinstance(candidates[0], str):
@@ -52,7 +59,7 @@ def zero_shot(model: CLIP, images: torch.Tensor, labels: Sequence[int],
         raise ValueError(f"{len(per_item)} candidate lists for {len(labels_t)} images")
     # every distinct candidate embedded once, in large batches
     unique = sorted({c for cs in per_item for c in cs})
-    emb = class_embeddings(model, unique, templates)                         # (U, E)
+    emb = class_embeddings(model, unique, templates, wordings)               # (U, E)
     where = {c: i for i, c in enumerate(unique)}
     widths = {len(cs) for cs in per_item}
     if len(widths) != 1:
@@ -124,7 +131,8 @@ def world_zero_shot(model: CLIP, task_name: str, n: int = 500, seed: int = 0, en
     else:
         candidates = items[0].candidates if items else task.prompts
     templates = task.templates if ensemble else ("{}",)
-    out = zero_shot(model, images, labels, candidates, templates, return_predictions)
+    out = zero_shot(model, images, labels, candidates, templates, return_predictions,
+                    task.wordings if ensemble else None)
     if return_predictions:
         out["labels"] = labels
         out["classes"] = list(task.classes)

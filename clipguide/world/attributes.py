@@ -29,6 +29,8 @@ def ground_truth(spec: SceneSpec) -> dict[str, Any]:
         assert spec.landscape is not None
         if spec.landscape.backdrop is not None:          # on a plain stage: no condition
             return {"kind": "scene", "object": spec.landscape.obj}
+        if not spec.landscape.obj:                        # the landscape alone: no object
+            return {"kind": "scene", "condition": spec.landscape.condition}
         return {"kind": "scene", "object": spec.landscape.obj, "condition": spec.landscape.condition}
     assert spec.background is not None and spec.shapes
     bg = background_name(spec.background)

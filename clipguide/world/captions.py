@@ -24,6 +24,8 @@ SCENE_TEMPLATES = ("np condition", "prefix np condition", "condition scene with 
                    "there is np condition", "a view of np condition")
 # A scene object on a plain backdrop (no condition); ids follow SCENE_TEMPLATES'.
 BACKDROP_TEMPLATES = ("np", "prefix np", "np on a plain background", "there is np")
+# A landscape with no object; ids follow BACKDROP_TEMPLATES'.
+EMPTY_TEMPLATES = ("condition scene", "empty condition", "prefix empty condition", "landscape condition")
 
 SNOW_PHRASES_SUN = ("over the snow", "in winter", "on a snowy day", "over a snowy landscape")
 CANONICAL_CONDITION = {"day": "during the day", "night": "at night", "snow": "in the snow"}
@@ -82,6 +84,8 @@ def canonical_caption(attrs: Attrs) -> str:
     if kind == "scene":
         if "condition" not in attrs:                      # an object on a plain backdrop
             return SCENE_NOUNS[attrs["object"]][0]
+        if "object" not in attrs:                         # the landscape alone
+            return f"an empty landscape {CANONICAL_CONDITION[attrs['condition']]}"
         return scene_phrase(attrs["object"], attrs["condition"])
     raise ValueError(f"unknown kind {kind!r}")
 
@@ -99,6 +103,41 @@ def detailed_caption(attrs: Attrs) -> str:
         return f"{NUMBER_WORDS[attrs['count']]} {attrs['size']} {attrs['colour']} {noun}{bg}"
     pos = POSITION_PHRASES[attrs["position"]][0]
     return f"{with_article(attrs['size'])} {attrs['colour']} {attrs['shape']} {pos}{bg}"
+
+
+def wordings(attrs: Attrs) -> tuple[str, ...]:
+    """Every plain wording of a sample's class caption that the world's captions use (synonyms,
+    number digits, relation phrases both ways round, condition phrases), the canonical caption
+    first: the class's prompts for ensembling."""
+    kind = attrs["kind"]
+    out = [canonical_caption(attrs)]
+    if kind in ("object", "count"):
+        n = attrs.get("count", 1)
+        for c in COLOUR_SYNONYMS[attrs["colour"]]:
+            for s in SHAPE_SYNONYMS[attrs["shape"]]:
+                if kind == "object":
+                    out.append(with_article(f"{c} {s}"))
+                else:
+                    noun = s if n == 1 else plural(s)
+                    out += [f"{NUMBER_WORDS[n]} {c} {noun}", f"{n} {c} {noun}", f"exactly {NUMBER_WORDS[n]} {c} {noun}"]
+    elif kind == "relation":
+        first, second = (with_article(" ".join(o)) for o in attrs["objects"])
+        rel = attrs["relation"]
+        out += [f"{first} {w} {second}" for w in RELATION_PHRASES[rel]]
+        out += [f"{second} {w} {first}" for w in RELATION_PHRASES[INVERSE_RELATION[rel]]]
+    elif kind == "scene" and "object" in attrs:
+        nouns = SCENE_NOUNS[attrs["object"]]
+        if "condition" not in attrs:                      # an object on a plain backdrop
+            out += nouns
+        else:
+            obj, cond = attrs["object"], attrs["condition"]
+            phrases = SNOW_PHRASES_SUN if (obj, cond) == ("sun", "snow") else CONDITION_PHRASES[cond]
+            out += [f"{np_} {cp}" for np_ in nouns for cp in phrases]
+            out += [f"{CONDITION_SCENE_WORDS[cond]} with {np_}" for np_ in nouns]
+    elif kind == "scene":                                 # the landscape alone
+        cond = attrs["condition"]
+        out += [CONDITION_SCENE_WORDS[cond]] + [f"an empty landscape {cp}" for cp in CONDITION_PHRASES[cond]]
+    return tuple(dict.fromkeys(out))
 
 
 # ---- varied -------------------------------------------------------------------------------------
@@ -177,6 +216,12 @@ def _scene_caption(rng: Rng, a: Attrs) -> tuple[str, int]:
         np_ = rng.choice(SCENE_NOUNS[a["object"]])
         return [np_, f"{rng.choice(PREFIXES)} {np_}", f"{np_} on a plain background",
                 f"there is {np_}"][t], len(SCENE_TEMPLATES) + t
+    if "object" not in a:                                # the landscape alone
+        t = rng.randint(0, len(EMPTY_TEMPLATES) - 1)
+        cp = rng.choice(CONDITION_PHRASES[a["condition"]])
+        return [CONDITION_SCENE_WORDS[a["condition"]], f"an empty landscape {cp}",
+                f"{rng.choice(PREFIXES)} an empty landscape {cp}",
+                f"a landscape {cp}"][t], len(SCENE_TEMPLATES) + len(BACKDROP_TEMPLATES) + t
     t = rng.randint(0, len(SCENE_TEMPLATES) - 1)
     obj, cond = a["object"], a["condition"]
     np_ = rng.choice(SCENE_NOUNS[obj])

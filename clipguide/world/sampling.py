@@ -5,6 +5,7 @@ its kind (built from training colour-shape pairs, so one thing is new at a time)
 everything."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import math
@@ -16,7 +17,7 @@ from .rng import Rng
 from .scenes import DEFAULT_HORIZON, HORIZON_RANGE
 from .shapes import REACH
 from .spec import BackgroundSpec, LandscapeSpec, SceneSpec, ShapeSpec
-from .vocab import (COLOURS, COUNTS, MIN_CONTRAST, NEUTRAL_BACKGROUND, PALETTE, POSITIONS, RGB,
+from .vocab import (COLOURS, CONDITIONS, COUNTS, MIN_CONTRAST, NEUTRAL_BACKGROUND, PALETTE, POSITIONS, RGB,
                     RELATIONS, SCENE_CLASSES, SCENE_OBJECTS, SHAPES, SIZE_RADIUS, SIZES, TEXTURE_TONES,
                     colour_distance, size_of_radius)
 
@@ -275,13 +276,20 @@ def _place_landscape(rng: Rng, obj: str, condition: str,
 
 
 def sample_scene(rng: Rng, split: str, texture_prob: float, plain_prob: float,
-                 jitter: float, backdrops: float = 0.0) -> SceneSpec:
-    """A landscape with one scene object under one condition; with chance `backdrops` (never in
-    the 'eval' split) the object alone on a plain stage."""
+                 jitter: float, backdrops: float = 0.0, relight: float = 0.0, empty: float = 0.0) -> SceneSpec:
+    """A landscape with one scene object under one condition. Never in the 'eval' split: with
+    chance `backdrops` the object alone on a plain stage, with chance `empty` the landscape alone,
+    and with chance `relight` the object under a random light of its own."""
     if backdrops > 0 and split != "eval" and rng.chance(backdrops):
-        return sample_backdrop_scene(rng)
-    obj, condition = rng.choice(scene_pairs(split))
-    return _place_landscape(rng, obj, condition)
+        spec = sample_backdrop_scene(rng)
+    elif empty > 0 and split != "eval" and rng.chance(empty):
+        spec = _place_landscape(rng, "", rng.choice(CONDITIONS))
+    else:
+        obj, condition = rng.choice(scene_pairs(split))
+        spec = _place_landscape(rng, obj, condition)
+    if relight > 0 and split != "eval" and rng.chance(relight):
+        spec = SceneSpec("scene", landscape=dataclasses.replace(spec.landscape, relight=True))
+    return spec
 
 
 SAMPLERS = {
@@ -343,21 +351,17 @@ def _twin_scene(rng: Rng, spec: SceneSpec, split: str, jitter: float) -> SceneSp
     if land.backdrop is not None:
         obj = rng.choice([o for o in SCENE_OBJECTS if o != land.obj])
         lo, hi = HORIZON_RANGE.get(obj, DEFAULT_HORIZON)
-        return SceneSpec("scene", landscape=LandscapeSpec(
-            obj, land.condition, land.x, min(max(land.horizon, lo), hi), land.scale, land.key, land.backdrop))
+        return SceneSpec("scene", landscape=dataclasses.replace(
+            land, obj=obj, horizon=min(max(land.horizon, lo), hi)))
     options = [(o, c) for o, c in scene_pairs(split) if o == land.obj and c != land.condition]
     if not options or rng.chance(0.5):
         options = [(o, c) for o, c in scene_pairs(split) if c == land.condition and o != land.obj] or options
     if not options:
         return spec
     obj, condition = rng.choice(options)
-    if obj != land.obj:
-        lo, hi = HORIZON_RANGE.get(obj, DEFAULT_HORIZON)
-        land = LandscapeSpec(obj, condition, x=land.x, horizon=min(max(land.horizon, lo), hi),
-                             scale=land.scale, key=land.key)
-    else:
-        land = LandscapeSpec(obj, condition, land.x, land.horizon, land.scale, land.key)
-    return SceneSpec("scene", landscape=land)
+    lo, hi = HORIZON_RANGE.get(obj, DEFAULT_HORIZON)
+    horizon = land.horizon if obj == land.obj else min(max(land.horizon, lo), hi)
+    return SceneSpec("scene", landscape=dataclasses.replace(land, obj=obj, condition=condition, horizon=horizon))
 
 
 TWINS = {"object": _twin_object, "count": _twin_count, "relation": _twin_relation, "scene": _twin_scene}

@@ -15,7 +15,7 @@ from .raster import (Canvas, box, circle, ellipse, pointed_arch, polygon, rect, 
                      segment, star, subtract, union)
 from .rng import Rng
 from .spec import LandscapeSpec
-from .vocab import RGB, SCENE_CONDITIONS
+from .vocab import CONDITIONS, RGB, SCENE_CONDITIONS
 
 SNOW: RGB = (0.96, 0.97, 1.0)
 LIT_WINDOW: RGB = (1.0, 0.83, 0.32)
@@ -26,23 +26,33 @@ class Look:
     forms stay visible), while lights (lit windows, the moon, stars) keep their colour. `exposure`
     scales every surface in every condition (a per-scene lighting: brightness and a slight tint,
     channel by channel), so that an object is recognised by its form rather than by how bright it
-    is in the conditions it was seen under."""
+    is in the conditions it was seen under. `haze` mixes surfaces toward their grey and `ambient`
+    adds a light of its own (both zero unless a scene is relit for training). `lit`: the object's
+    own lights (windows, a church's cross, a car's headlights) are on; by default only at night."""
 
-    def __init__(self, condition: str, exposure: RGB = (1.0, 1.0, 1.0)) -> None:
+    def __init__(self, condition: str, exposure: RGB = (1.0, 1.0, 1.0), haze: float = 0.0,
+                 ambient: RGB = (0.0, 0.0, 0.0), lit: bool | None = None) -> None:
         self.condition = condition
         self.night = condition == "night"
         self.snow = condition == "snow"
+        self.lit = self.night if lit is None else lit
         self.exposure = exposure
+        self.haze = haze
+        self.ambient = ambient
 
     def __call__(self, rgb: RGB) -> RGB:
         r, g, b = (min(c * e, 1.0) for c, e in zip(rgb, self.exposure))
+        if self.haze or any(self.ambient):
+            grey = 0.3 * r + 0.59 * g + 0.11 * b
+            r, g, b = (min((1 - self.haze) * c + self.haze * grey + a, 1.0)
+                       for c, a in zip((r, g, b), self.ambient))
         if self.night:
             return (0.68 * r + 0.02, 0.7 * g + 0.03, 0.8 * b + 0.08)
         return (r, g, b)
 
     def window(self, day: RGB) -> RGB:
         """Window colour: glass by day, lit at night."""
-        return LIT_WINDOW if self.night else day
+        return LIT_WINDOW if self.lit else day
 
 
 def _jitter(rng: Rng, rgb: RGB, amount: float = 0.06) -> RGB:
@@ -159,7 +169,7 @@ def draw_church(c: Canvas, look: Look, rng: Rng, x: float, g: float, s: float) -
                         (tx - 0.05 * s, g - 0.52 * s)]), SNOW)
         c.fill(polygon([(x + 0.095 * s, g - 0.345 * s), (x + 0.2 * s, g - 0.275 * s),
                         (x - 0.01 * s, g - 0.275 * s)]), SNOW)
-    cross_rgb = (0.95, 0.8, 0.35) if look.night else (0.22, 0.18, 0.14)
+    cross_rgb = (0.95, 0.8, 0.35) if look.lit else (0.22, 0.18, 0.14)
     c.fill(union(rect(tx, g - 0.675 * s, 0.009 * s, 0.06 * s),
                   rect(tx, g - 0.69 * s, 0.035 * s, 0.009 * s)), cross_rgb)
     # door, belfry opening and nave windows
@@ -325,9 +335,9 @@ def draw_car(c: Canvas, look: Look, rng: Rng, x: float, g: float, s: float) -> N
     for wx in (x - 0.14 * s, x + 0.14 * s):
         c.fill(circle(wx, wb - 0.05 * s, 0.052 * s), (0.07, 0.07, 0.08))
         c.fill(circle(wx, wb - 0.05 * s, 0.024 * s), look((0.72, 0.72, 0.75)))
-    light = (1.0, 0.95, 0.6) if look.night else look((0.98, 0.9, 0.5))
+    light = (1.0, 0.95, 0.6) if look.lit else look((0.98, 0.9, 0.5))
     c.fill(rect(x + 0.235 * s, body_top + 0.035 * s, 0.016 * s, 0.014 * s, 0.006 * s), light)
-    if look.night:
+    if look.lit:
         c.fill(polygon([(x + 0.25 * s, body_top + 0.03 * s), (x + 0.5 * s, body_top),
                         (x + 0.5 * s, body_top + 0.09 * s)]), (1.0, 0.95, 0.6), 0.25)
     c.fill(rect(x - 0.243 * s, body_top + 0.035 * s, 0.008 * s, 0.014 * s), look((0.8, 0.1, 0.1)))
@@ -357,24 +367,37 @@ HORIZON_RANGE: dict[str, tuple[float, float]] = {
 DEFAULT_HORIZON = (0.68, 0.76)
 EXPOSURE_RANGE = (0.6, 1.1)       # per-scene lighting of the object's surfaces
 TINT = 0.15                        # and its per-channel variation
+# A relit training scene (LandscapeSpec.relight): a wider light, an ambient light, haze, and half
+# the time the object's own lights on whatever the condition.
+RELIGHT_EXPOSURE, RELIGHT_TINT, RELIGHT_AMBIENT, RELIGHT_HAZE = (0.4, 1.15), 0.3, 0.12, 0.5
 
 
 def draw_landscape(c: Canvas, spec: LandscapeSpec) -> None:
     """Render a landscape scene onto a canvas."""
-    if spec.backdrop is None and spec.condition not in SCENE_CONDITIONS.get(spec.obj, ()):
+    if spec.backdrop is None and spec.condition not in SCENE_CONDITIONS.get(spec.obj or "", CONDITIONS if
+                                                                           spec.obj == "" else ()):
         raise InputError(f"no scene of {spec.obj!r} with condition {spec.condition!r}; "
                          f"valid: {SCENE_CONDITIONS.get(spec.obj)}")
     rng = Rng(spec.key)
     level = rng.uniform(*EXPOSURE_RANGE)
     exposure = tuple(level * rng.uniform(1 - TINT, 1 + TINT) for _ in range(3))
+    light: dict = {}
+    if spec.relight:                 # its own stream, so the scene's details stay as they were
+        lrng = Rng(spec.key, 1)
+        level = lrng.uniform(*RELIGHT_EXPOSURE)
+        exposure = tuple(level * lrng.uniform(1 - RELIGHT_TINT, 1 + RELIGHT_TINT) for _ in range(3))
+        light = {"haze": lrng.uniform(0.0, RELIGHT_HAZE),
+                 "ambient": tuple(lrng.uniform(0.0, RELIGHT_AMBIENT) for _ in range(3)),
+                 "lit": spec.condition == "night" or lrng.chance(0.5)}   # lights on by day too
     if spec.backdrop is not None:                        # the object alone on a plain stage
-        look = Look("plain", exposure)
+        look = Look("plain", exposure, **light)
         c.linear_gradient(spec.backdrop[0], spec.backdrop[0], math.pi / 2, rows=(0.0, spec.horizon))
         c.linear_gradient(spec.backdrop[1], spec.backdrop[1], math.pi / 2, rows=(spec.horizon, 1.0))
     else:
-        look = Look(spec.condition, exposure)
+        look = Look(spec.condition, exposure, **light)
         draw_sky(c, spec.condition, spec.horizon, rng, clouds=spec.obj not in ("sun", "moon"))
         draw_ground(c, spec.condition, spec.horizon, water=spec.obj == "boat")
-    DRAWERS[spec.obj](c, look, rng, spec.x, spec.horizon, spec.scale)
+    if spec.obj:                                         # '': the landscape alone
+        DRAWERS[spec.obj](c, look, rng, spec.x, spec.horizon, spec.scale)
     if look.snow:
         scatter(c, rng, (0.0, 0.0, 1.0, 1.0), (10, 10), 0.45, (0.006, 0.011), (1.0, 1.0, 1.0), 0.9)

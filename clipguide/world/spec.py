@@ -38,7 +38,10 @@ class LandscapeSpec:
     """A scene: one object in a landscape under a condition. x is the object's centre, horizon the
     height of the ground line, scale its size factor, and key seeds the small details (wall
     colours, stars, snowflakes). With `backdrop` (two RGB tones) the object stands on a plain
-    two-tone stage instead, under no condition (`condition` is then 'plain')."""
+    two-tone stage instead, under no condition (`condition` is then 'plain'). An empty `obj` is the
+    landscape alone (training only: it teaches the conditions apart from objects). With `relight` the
+    object's surfaces get a random light of their own (colour cast, ambient light, haze), drawn from
+    `key`: a training-time variation that teaches objects by their form under any lighting."""
 
     obj: str
     condition: str
@@ -47,6 +50,7 @@ class LandscapeSpec:
     scale: float
     key: int
     backdrop: tuple[RGB, RGB] | None = None
+    relight: bool = False
 
 
 @dataclass(frozen=True, slots=True)

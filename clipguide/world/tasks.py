@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, InputError
-from .captions import count_phrase, relation_phrase, scene_phrase
+from .captions import count_phrase, relation_phrase, scene_phrase, wordings
+from .parse import parse_caption
 from .heldout import EVAL_COLOUR_SHAPE, EVAL_SCENES, TRAIN_COLOUR_SHAPE, TRAIN_SCENES
 from .rng import mix
 from .sampling import ALL_COLOUR_SHAPE, SPLITS
@@ -94,6 +95,13 @@ class EvalTask:
             cands, label = self.candidates_for(s.attrs)
             out.append(EvalItem(s.image, label, cands, s.attrs))
         return out
+
+    def wordings(self, candidate: str) -> tuple[str, ...]:
+        """The wordings of a candidate prompt that the world's captions use, the prompt first
+        (`captions.wordings`); a prompt the caption parser does not read back stays alone."""
+        attrs = parse_caption(candidate)
+        found = wordings(attrs) if attrs is not None else ()
+        return found if found and found[0] == candidate else (candidate,)
 
     def ensemble(self, candidates: tuple[str, ...]) -> list[list[str]]:
         """Each candidate written with every template: [candidate][template] -> text."""

@@ -43,7 +43,12 @@ class WorldConfig:
     edit of the sample before it (another colour, shape, count or condition; the relation
     reversed), so that consecutive samples in a batch are each other's hard negatives. backdrops:
     chance that a training scene shows its object alone on a plain stage, captioned without a
-    condition (so objects are learnt by their form, apart from the conditions they appear in)."""
+    condition (so objects are learnt by their form, apart from the conditions they appear in).
+    relight: chance that a training scene's object gets a random light of its own (colour cast,
+    ambient light, haze; the caption is unchanged), so that objects are read by their form under
+    lightings they were not seen in. empty: chance that a training scene is the landscape alone
+    (sky and ground under its condition, captioned 'a night scene', 'an empty landscape in winter'),
+    so that conditions are learnt apart from the objects seen in them."""
 
     seed: int = 0
     size: int = 64
@@ -55,6 +60,8 @@ class WorldConfig:
     jitter: float = 1.0
     twins: float = 0.0
     backdrops: float = 0.25
+    relight: float = 0.0
+    empty: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("seed", "size", "length"):
@@ -79,7 +86,7 @@ class WorldConfig:
                 raise ConfigError(f"WorldConfig.kinds[{k!r}] must be a number >= 0, got {w!r}")
         if sum(self.kinds.values()) <= 0:
             raise ConfigError("WorldConfig.kinds: at least one kind needs a positive weight")
-        for name in ("texture_prob", "plain_prob", "jitter", "twins", "backdrops"):
+        for name in ("texture_prob", "plain_prob", "jitter", "twins", "backdrops", "relight", "empty"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
                 raise ConfigError(f"WorldConfig.{name} must be a number in [0, 1], got {v!r}")
@@ -151,7 +158,8 @@ class World:
         rng = Rng(cfg.seed, i, _SPEC_STREAM)
         kind = rng.weighted(self._kinds, self._weights)
         if kind == "scene":
-            return SAMPLERS[kind](rng, cfg.split, cfg.texture_prob, cfg.plain_prob, cfg.jitter, cfg.backdrops)
+            return SAMPLERS[kind](rng, cfg.split, cfg.texture_prob, cfg.plain_prob, cfg.jitter, cfg.backdrops,
+                                   cfg.relight, cfg.empty)
         return SAMPLERS[kind](rng, cfg.split, cfg.texture_prob, cfg.plain_prob, cfg.jitter)
 
     def attrs(self, index: int) -> dict[str, Any]:
