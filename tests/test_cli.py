@@ -97,6 +97,9 @@ def test_train_presets_are_valid_configs():
         towers.append(model.config.vision.is_resnet)
     assert towers[0] != towers[1], "the judge has another kind of image tower than the guide"
     assert default.seed != judge.seed and default.data != judge.data
+    tune = TrainConfig.from_file("default-tune")          # the guide's second stage starts from its first
+    assert tune.model == f"{default.out_dir}/model.safetensors" and tune.steps < default.steps
+    assert tune.data != default.data and tune.out_dir != default.out_dir
 
 
 def test_world_sheet_and_export(tmp_path, capsys):
