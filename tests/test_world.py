@@ -216,6 +216,7 @@ def test_empty_landscapes_teach_conditions_in_training_only():
                                                           "snow": "in the snow"}[a["condition"]]
         assert ("night" in w.caption(i)) == (a["condition"] == "night")
     assert seen == set(CONDITIONS)
+    assert all(heldout_hits(w.attrs(i)) == [] for i in range(60))
     night = next(i for i in range(60) if w.attrs(i)["condition"] == "night")
     day = next(i for i in range(60) if w.attrs(i)["condition"] == "day")
     assert w.image(night).mean() < w.image(day).mean() - 0.2

@@ -136,7 +136,8 @@ def wordings(attrs: Attrs) -> tuple[str, ...]:
             out += [f"{CONDITION_SCENE_WORDS[cond]} with {np_}" for np_ in nouns]
     elif kind == "scene":                                 # the landscape alone
         cond = attrs["condition"]
-        out += [CONDITION_SCENE_WORDS[cond]] + [f"an empty landscape {cp}" for cp in CONDITION_PHRASES[cond]]
+        out += [CONDITION_SCENE_WORDS[cond]] + [f"{w} {cp}" for w in ("an empty landscape", "a landscape")
+                                                for cp in CONDITION_PHRASES[cond]]
     return tuple(dict.fromkeys(out))
 
 

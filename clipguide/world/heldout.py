@@ -77,7 +77,7 @@ def heldout_hits(attrs: Mapping[str, Any]) -> list[str]:
         colours = frozenset(o[0] for o in attrs["objects"])
         if colours in HELDOUT_RELATION_COLOURS:
             hits.append("relation")
-    if kind == "scene" and (attrs["object"], attrs.get("condition")) in HELDOUT_SCENES:
+    if kind == "scene" and (attrs.get("object"), attrs.get("condition")) in HELDOUT_SCENES:
         hits.append("scene")
     return hits
 

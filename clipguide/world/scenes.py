@@ -374,10 +374,9 @@ RELIGHT_EXPOSURE, RELIGHT_TINT, RELIGHT_AMBIENT, RELIGHT_HAZE = (0.4, 1.15), 0.3
 
 def draw_landscape(c: Canvas, spec: LandscapeSpec) -> None:
     """Render a landscape scene onto a canvas."""
-    if spec.backdrop is None and spec.condition not in SCENE_CONDITIONS.get(spec.obj or "", CONDITIONS if
-                                                                           spec.obj == "" else ()):
-        raise InputError(f"no scene of {spec.obj!r} with condition {spec.condition!r}; "
-                         f"valid: {SCENE_CONDITIONS.get(spec.obj)}")
+    valid = SCENE_CONDITIONS.get(spec.obj, ()) if spec.obj else CONDITIONS   # '': the landscape alone
+    if spec.backdrop is None and spec.condition not in valid:
+        raise InputError(f"no scene of {spec.obj!r} with condition {spec.condition!r}; valid: {valid}")
     rng = Rng(spec.key)
     level = rng.uniform(*EXPOSURE_RANGE)
     exposure = tuple(level * rng.uniform(1 - TINT, 1 + TINT) for _ in range(3))

@@ -46,9 +46,10 @@ class WorldConfig:
     condition (so objects are learnt by their form, apart from the conditions they appear in).
     relight: chance that a training scene's object gets a random light of its own (colour cast,
     ambient light, haze; the caption is unchanged), so that objects are read by their form under
-    lightings they were not seen in. empty: chance that a training scene is the landscape alone
-    (sky and ground under its condition, captioned 'a night scene', 'an empty landscape in winter'),
-    so that conditions are learnt apart from the objects seen in them."""
+    lightings they were not seen in. empty: chance that a training scene not on a backdrop is the
+    landscape alone (sky and ground under its condition, captioned 'a night scene', 'an empty
+    landscape in winter'), so that conditions are learnt apart from the objects seen in them. The
+    twin of an empty landscape is an object under the same condition."""
 
     seed: int = 0
     size: int = 64
