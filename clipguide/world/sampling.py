@@ -288,7 +288,7 @@ def sample_scene(rng: Rng, split: str, texture_prob: float, plain_prob: float,
         obj, condition = rng.choice(scene_pairs(split))
         spec = _place_landscape(rng, obj, condition)
     if relight > 0 and split != "eval" and rng.chance(relight):
-        spec = SceneSpec("scene", landscape=dataclasses.replace(spec.landscape, relight=True))
+        spec = dataclasses.replace(spec, landscape=dataclasses.replace(spec.landscape, relight=True))
     return spec
 
 
@@ -350,18 +350,22 @@ def _twin_scene(rng: Rng, spec: SceneSpec, split: str, jitter: float) -> SceneSp
     land = spec.landscape
     if land.backdrop is not None:
         obj = rng.choice([o for o in SCENE_OBJECTS if o != land.obj])
-        lo, hi = HORIZON_RANGE.get(obj, DEFAULT_HORIZON)
-        return SceneSpec("scene", landscape=dataclasses.replace(
-            land, obj=obj, horizon=min(max(land.horizon, lo), hi)))
+        return SceneSpec("scene", landscape=dataclasses.replace(land, obj=obj,
+                                                                horizon=_horizon_for(obj, land.horizon)))
     options = [(o, c) for o, c in scene_pairs(split) if o == land.obj and c != land.condition]
     if not options or rng.chance(0.5):
         options = [(o, c) for o, c in scene_pairs(split) if c == land.condition and o != land.obj] or options
     if not options:
         return spec
     obj, condition = rng.choice(options)
+    return SceneSpec("scene", landscape=dataclasses.replace(land, obj=obj, condition=condition,
+                                                            horizon=_horizon_for(obj, land.horizon)))
+
+
+def _horizon_for(obj: str, horizon: float) -> float:
+    """`horizon` moved into the range where `obj` stands (kept as it is when already inside)."""
     lo, hi = HORIZON_RANGE.get(obj, DEFAULT_HORIZON)
-    horizon = land.horizon if obj == land.obj else min(max(land.horizon, lo), hi)
-    return SceneSpec("scene", landscape=dataclasses.replace(land, obj=obj, condition=condition, horizon=horizon))
+    return min(max(horizon, lo), hi)
 
 
 TWINS = {"object": _twin_object, "count": _twin_count, "relation": _twin_relation, "scene": _twin_scene}

@@ -23,8 +23,8 @@ import torch
 
 from ..errors import ConfigError, InputError
 from .captions import count_phrase, relation_phrase, scene_phrase, wordings
-from .parse import parse_caption
 from .heldout import EVAL_COLOUR_SHAPE, EVAL_SCENES, TRAIN_COLOUR_SHAPE, TRAIN_SCENES
+from .parse import parse_caption
 from .rng import mix
 from .sampling import ALL_COLOUR_SHAPE, SPLITS
 from .vocab import COUNTS, NUMBER_WORDS, RELATIONS, SCENE_CLASSES, with_article
