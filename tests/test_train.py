@@ -200,6 +200,43 @@ def test_anchor_fine_tune_moves_the_image_tower_only(tmp_path):
     assert len(losses) == 3 and all(0 <= v <= 2 for v in losses)
 
 
+@pytest.mark.parametrize("lock, arch", [("text", "ViT-nano"), ("image", "RN-nano")])
+def test_lock_keeps_one_tower_fixed(tmp_path, lock, arch):
+    first = Trainer(tiny(tmp_path / "a", f"model={arch}", "steps=1", "save_every=100"), progress=False).run(resume=False)
+    with pytest.raises(ConfigError, match="checkpoint"):
+        Trainer(tiny(tmp_path / "b", f"model={arch}", f"lock={lock}"), progress=False)
+    with pytest.raises(ConfigError, match="lock"):
+        tiny(tmp_path / "b", "lock=both").validate()
+    tuned = Trainer(tiny(tmp_path / "c", f"model={first}", f"lock={lock}", "steps=3", "accum_steps=2"),
+                    progress=False)
+    before = {k: v.clone() for k, v in tuned.model.state_dict().items()}
+    after = clipguide.load(tuned.run(resume=False)).state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k].to(before[k].dtype))}
+    moved = {k for k in changed if k != "logit_scale"}
+    assert moved
+    if lock == "text":
+        assert all(k.startswith("visual.") for k in moved)
+    else:   # the image tower's weights and its batch-norm statistics stay
+        assert not any(k.startswith("visual.") for k in moved)
+
+
+def test_wise_exports_the_mix_of_start_and_tuned_weights(tmp_path):
+    first = Trainer(tiny(tmp_path / "a", "steps=1", "save_every=100"), progress=False).run(resume=False)
+    with pytest.raises(ConfigError, match="checkpoint"):
+        Trainer(tiny(tmp_path / "b", "wise=0.5"), progress=False)
+    with pytest.raises(ConfigError, match="wise"):
+        tiny(tmp_path / "b", "wise=1.5").validate()
+    tuned = clipguide.load(Trainer(tiny(tmp_path / "c", f"model={first}", "steps=2"), progress=False)
+                           .run(resume=False)).state_dict()
+    mixed_path = Trainer(tiny(tmp_path / "d", f"model={first}", "steps=2", "wise=0.25"), progress=False).run(resume=False)
+    mixed, start = clipguide.load(mixed_path).state_dict(), clipguide.load(first).state_dict()
+    moved = [k for k in start if start[k].is_floating_point() and not torch.equal(start[k], tuned[k])]
+    assert moved
+    for k in moved:
+        torch.testing.assert_close(mixed[k], 0.75 * start[k] + 0.25 * tuned[k], rtol=1e-5, atol=1e-6)
+    assert "0.75 x the starting checkpoint" in (tmp_path / "d" / "run" / "MODEL_CARD.md").read_text()
+
+
 _DIST_SCRIPT = textwrap.dedent("""
     import json, sys, torch
     import torch.distributed as dist

@@ -217,23 +217,41 @@ class _VQGAN(_Family):
         return save_vqgan(self.net, out / "world-vqgan.safetensors", dtype=torch.float16, metadata=metadata)
 
 
+class _EqualConv(nn.Module):
+    """A convolution (or, with k=0, a linear layer) with an equalised learning rate: weights drawn
+    from N(0, 1) and scaled by 1/sqrt(fan-in) in the forward pass, so Adam moves every layer at the
+    same relative pace (with plain weights the discriminator runs away at StyleGAN2's lr)."""
+
+    def __init__(self, c_in: int, c_out: int, k: int = 3, bias: bool = True):
+        super().__init__()
+        self.k = k
+        self.weight = nn.Parameter(torch.randn(c_out, c_in, k, k) if k else torch.randn(c_out, c_in))
+        self.bias = nn.Parameter(torch.zeros(c_out)) if bias else None
+        self.scale = 1.0 / math.sqrt(c_in * max(k, 1) ** 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.k:
+            return F.linear(x, self.weight * self.scale, self.bias)
+        return F.conv2d(x, self.weight * self.scale, self.bias, padding=self.k // 2)
+
+
 class _Discriminator(nn.Module):
-    """Residual discriminator: halving blocks from the image size down to 4 px, minibatch standard
-    deviation, then a linear head."""
+    """Residual discriminator with equalised learning rates: halving blocks from the image size
+    down to 4 px, minibatch standard deviation, then a linear head."""
 
     def __init__(self, size: int, ch: int):
         super().__init__()
-        self.stem = nn.Conv2d(3, ch, 3, padding=1)
+        self.stem = _EqualConv(3, ch, 1)
         blocks, c = [], ch
         res = size
         while res > 4:
             c2 = min(c * 2, ch * 4)
-            blocks.append(nn.ModuleDict({"conv1": nn.Conv2d(c, c, 3, padding=1), "conv2": nn.Conv2d(c, c2, 3, padding=1),
-                                         "skip": nn.Conv2d(c, c2, 1, bias=False)}))
+            blocks.append(nn.ModuleDict({"conv1": _EqualConv(c, c), "conv2": _EqualConv(c, c2),
+                                         "skip": _EqualConv(c, c2, 1, bias=False)}))
             c, res = c2, res // 2
         self.blocks = nn.ModuleList(blocks)
-        self.final = nn.Conv2d(c + 1, c, 3, padding=1)
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(c * 16, c), nn.LeakyReLU(0.2), nn.Linear(c, 1))
+        self.final = _EqualConv(c + 1, c)
+        self.head = nn.Sequential(nn.Flatten(), _EqualConv(c * 16, c, 0), nn.LeakyReLU(0.2), _EqualConv(c, 1, 0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.leaky_relu(self.stem(x), 0.2)

@@ -24,6 +24,8 @@ class TrainConfig:
     adv_steps: int = 3                # projected-gradient steps that find them
     adv_objective: str = "contrastive"   # contrastive: half the batch attacked, InfoNCE | anchor: fine-tune the
                                          # image tower to keep the starting model's embeddings under attack
+    wise: float = 1.0                 # fine-tuning: export (1 - wise) x the starting weights + wise x the tuned ones
+    lock: str = ""                    # "" | "text" | "image": that tower's weights stay fixed (fine-tuning one tower)
     hard_negatives: bool = False      # add each sample's minimal-edit caption as an extra negative (world data)
     tokenizer: str = "auto"           # auto | train | openai | model  (auto: the checkpoint's, else train one)
     vocab_size: int = 1024            # when a tokenizer is trained from the data's captions
@@ -63,6 +65,12 @@ class TrainConfig:
             raise ConfigError(f"adv_objective {self.adv_objective!r} must be contrastive or anchor")
         if self.adv_objective == "anchor" and self.hard_negatives:
             raise ConfigError("adv_objective=anchor trains the image tower alone: hard_negatives does not apply")
+        if not 0.0 <= self.wise <= 1.0:
+            raise ConfigError(f"wise {self.wise} must lie in [0, 1] (1: export the fine-tuned weights as they are)")
+        if self.lock not in ("", "text", "image"):
+            raise ConfigError(f"lock {self.lock!r} must be '' (train both towers), 'text' or 'image'")
+        if self.lock and self.adv_objective == "anchor":
+            raise ConfigError("adv_objective=anchor already keeps the text tower fixed: leave lock empty")
         if self.pos_init not in ("random", "sincos"):
             raise ConfigError(f"pos_init {self.pos_init!r} must be random or sincos")
         if self.tokenizer not in ("auto", "train", "openai", "model"):

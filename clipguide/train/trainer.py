@@ -79,6 +79,14 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def tower_parameters(model: CLIP, tower: str) -> list[torch.nn.Parameter]:
+    """The parameters of one tower: 'image' (model.visual) or 'text' (everything else but the
+    temperature)."""
+    if tower == "image":
+        return list(model.visual.parameters())
+    return [p for name, p in model.named_parameters() if not name.startswith("visual.") and name != "logit_scale"]
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on matrices and convolutions only (not on gains, biases, embeddings' scales)."""
     decay, no_decay = [], []
@@ -115,6 +123,16 @@ class Trainer:
         self.model = self._build_model().to(self.device)
         self.model.precision = cfg.precision if self.device.type == "cpu" else "fp32"
         self.model.set_grad_checkpointing(cfg.grad_checkpointing)
+        if cfg.lock:
+            if self._from_scratch:
+                raise ConfigError(f"lock={cfg.lock} keeps a trained tower: set model= to a checkpoint (or a "
+                                  f"bundled name) to fine-tune, not an architecture")
+            for p in tower_parameters(self.model, cfg.lock):
+                p.requires_grad_(False)
+            self._train_mode()
+        if cfg.wise < 1.0 and self._from_scratch:
+            raise ConfigError(f"wise={cfg.wise} mixes the tuned weights with the starting checkpoint's: set model= "
+                              f"to a checkpoint (or a bundled name) to fine-tune, not an architecture")
         self.reference = None
         if cfg.adv_objective == "anchor":
             if self._from_scratch:
@@ -235,10 +253,12 @@ class Trainer:
 
     # --- one step --------------------------------------------------------------------------------
     def _features(self, images: torch.Tensor, tokens: torch.Tensor, negatives: torch.Tensor | None):
-        img = _image_features(self.model, images.to(self.device))
-        if negatives is None:
-            return img, self.model.encode_text(tokens, normalize=True), None
-        txt = self.model.encode_text(torch.cat([tokens, negatives]), normalize=True)   # one pass for both
+        with torch.no_grad() if self.cfg.lock == "image" else contextlib.nullcontext():
+            img = _image_features(self.model, images.to(self.device))
+        with torch.no_grad() if self.cfg.lock == "text" else contextlib.nullcontext():
+            if negatives is None:
+                return img, self.model.encode_text(tokens, normalize=True), None
+            txt = self.model.encode_text(torch.cat([tokens, negatives]), normalize=True)   # one pass for both
         return img, txt[:len(tokens)], txt[len(tokens):]
 
     def _augment(self, images: torch.Tensor, step: int) -> torch.Tensor:
@@ -264,6 +284,12 @@ class Trainer:
         g = torch.Generator().manual_seed(self.cfg.seed * 1_000_033 + step + 7)
         return torch.randn(n * self.world, *rest, generator=g)[lo:lo + n].to(self.device)
 
+    def _train_mode(self) -> None:
+        """Training mode, with a locked image tower kept in eval mode (its norm statistics stay)."""
+        self.model.train()
+        if self.cfg.lock == "image":
+            self.model.visual.eval()
+
     @contextlib.contextmanager
     def _eval_mode(self):
         """The model in eval mode for an attack (norm statistics untouched), restored after."""
@@ -272,7 +298,8 @@ class Trainer:
         try:
             yield
         finally:
-            self.model.train(was_training)
+            if was_training:
+                self._train_mode()
 
     def _adversarial(self, images: torch.Tensor, tokens: torch.Tensor, step: int) -> torch.Tensor:
         """adv_objective 'contrastive' (adv_eps > 0): every other sample of the global batch (the
@@ -414,8 +441,21 @@ class Trainer:
                 self.save_checkpoint()
         if bar is not None:
             bar.close()
+        self._mix_with_start()
         metrics = self._evaluate()
         return self.export(metrics)
+
+    @torch.no_grad()
+    def _mix_with_start(self) -> None:
+        """wise < 1: the weights become (1 - wise) x the starting checkpoint's + wise x the tuned ones
+        (weight-space ensembling of a fine-tune with its start, evaluated and exported as one model;
+        the checkpoints keep the tuned weights, so a resumed run mixes the same way)."""
+        if self.cfg.wise >= 1.0:
+            return
+        start = checkpoints.load(self.cfg.model).state_dict()
+        for name, value in self.model.state_dict().items():
+            if value.is_floating_point():
+                value.lerp_(start[name].to(value.device, value.dtype), 1.0 - self.cfg.wise)
 
     def _evaluate(self) -> dict:
         if self.eval_fn is None or self.rank != 0:
@@ -425,7 +465,7 @@ class Trainer:
             with torch.no_grad():
                 metrics = self.eval_fn(self.model)
         finally:
-            self.model.train()
+            self._train_mode()
         self._log({"step": self.step, "eval": metrics})
         return metrics
 
@@ -472,6 +512,8 @@ class Trainer:
             f"processes: {self.world}; precision: {cfg.precision}",
             f"- optimiser: AdamW lr {cfg.lr} (warm-up {cfg.warmup}, cosine to {cfg.min_lr}), "
             f"weight decay {cfg.weight_decay}, betas {list(cfg.betas)}",
+            *([f"- exported weights: {1 - cfg.wise:g} x the starting checkpoint's ({cfg.model}) + {cfg.wise:g} x "
+               f"the fine-tuned ones (wise={cfg.wise:g})"] if cfg.wise < 1.0 else []),
             f"- training time: {self.elapsed / 60:.1f} min; final loss {last.get('loss')}; "
             f"logit scale {last.get('logit_scale')}",
             f"- data: {json.dumps(self.stream.stats)}",

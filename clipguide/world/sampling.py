@@ -15,7 +15,7 @@ from .heldout import (EVAL_COLOUR_SHAPE, EVAL_SCENES, HELDOUT_COUNT_SHAPE, HELDO
                       TRAIN_COLOUR_SHAPE, TRAIN_SCENES)
 from .rng import Rng
 from .scenes import DEFAULT_HORIZON, HORIZON_RANGE
-from .shapes import REACH
+from .shapes import REACH, shape_overlap
 from .spec import BackgroundSpec, LandscapeSpec, SceneSpec, ShapeSpec
 from .vocab import (COLOURS, CONDITIONS, COUNTS, MIN_CONTRAST, NEUTRAL_BACKGROUND, PALETTE, POSITIONS, RGB,
                     RELATIONS, SCENE_CLASSES, SCENE_OBJECTS, SHAPES, SIZE_RADIUS, SIZES, TEXTURE_TONES,
@@ -25,6 +25,7 @@ SPLITS = ("train", "eval", "all")
 MARGIN = 0.05            # empty border around shapes, as a fraction of the image side
 PLAIN_CONTRAST = 0.45    # a plain background colour is at least this far from every shape colour
 TEXTURE_CONTRAST = 0.4   # same for each tone of a textured background
+ALIKE_MARGIN = 0.05     # an 'alike' shape twin overlaps its shape within this of the closest shape
 JITTER_MARGIN = 0.1      # a jittered colour stays this much closer to its own palette colour
 
 ALL_COLOUR_SHAPE = tuple(itertools.product(COLOURS, SHAPES))
@@ -302,11 +303,13 @@ SAMPLERS = {
 
 # ---- twins: minimal edits that make in-batch hard negatives --------------------------------------
 
-def _twin_object(rng: Rng, spec: SceneSpec, split: str, jitter: float) -> SceneSpec:
-    """Same place, size and background; another colour (half the time) or another shape."""
+def _twin_object(rng: Rng, spec: SceneSpec, split: str, jitter: float, alike: float = 0.0) -> SceneSpec:
+    """Same place, size and background; another colour (half the time) or another shape, with
+    chance `alike` one of the shapes most like it (`shape_overlap` within ALIKE_MARGIN of the closest)."""
     s = spec.shapes[0]
     pairs = colour_shape_pairs(split)
-    if rng.chance(0.5):
+    recolour = rng.chance(0.5)
+    if recolour:
         options = [(c, sh) for c, sh in pairs if sh == s.shape and c != s.colour]
     else:
         options = [(c, sh) for c, sh in pairs if c == s.colour and sh != s.shape]
@@ -315,6 +318,9 @@ def _twin_object(rng: Rng, spec: SceneSpec, split: str, jitter: float) -> SceneS
     options = [o for o in options if _contrast_ok(PALETTE[o[0]], tones, MIN_CONTRAST)]
     if not options:
         return spec
+    if not recolour and alike > 0 and rng.chance(alike):
+        closest = max(shape_overlap(s.shape, sh) for _, sh in options)
+        options = [o for o in options if shape_overlap(s.shape, o[1]) >= closest - ALIKE_MARGIN]
     colour, shape = rng.choice(options)
     rgb = jitter_colour(rng, colour, jitter) if colour != s.colour else s.rgb
     return SceneSpec("object", (ShapeSpec(colour, shape, s.cx, s.cy, s.r, rgb),), background=spec.background)
@@ -371,6 +377,9 @@ def _horizon_for(obj: str, horizon: float) -> float:
 TWINS = {"object": _twin_object, "count": _twin_count, "relation": _twin_relation, "scene": _twin_scene}
 
 
-def twin(rng: Rng, spec: SceneSpec, split: str, jitter: float) -> SceneSpec:
-    """A minimal edit of `spec` (one attribute changed) within the split's compositions."""
+def twin(rng: Rng, spec: SceneSpec, split: str, jitter: float, alike: float = 0.0) -> SceneSpec:
+    """A minimal edit of `spec` (one attribute changed) within the split's compositions; `alike`:
+    chance that an object's shape twin is the shape most like it."""
+    if spec.kind == "object":
+        return _twin_object(rng, spec, split, jitter, alike)
     return TWINS[spec.kind](rng, spec, split, jitter)

@@ -2,7 +2,10 @@
 means the same visible size for every shape."""
 from __future__ import annotations
 
+import functools
 import math
+
+import numpy as np
 
 from ..errors import InputError
 from .raster import Prim, circle, polygon, rect, regular_polygon, star, subtract, union
@@ -52,3 +55,14 @@ def heart(cx: float, cy: float, r: float) -> Prim:
     disc = h / math.sqrt(2.0)
     diamond = polygon([(cx, c - h), (cx + h, c), (cx, c + h), (cx - h, c)])
     return union(diamond, circle(cx - h / 2, c - h / 2, disc), circle(cx + h / 2, c - h / 2, disc))
+
+
+@functools.lru_cache(maxsize=None)
+def shape_overlap(a: str, b: str, grid: int = 129) -> float:
+    """How alike two shapes look: intersection over union of their masks drawn at the same centre
+    and radius (1.0 for a shape with itself; a hexagon and a circle overlap most, a ring and a star
+    least)."""
+    g = np.linspace(-1.6, 1.6, grid)
+    x, y = np.meshgrid(g, g)
+    ma, mb = shape_prim(a, 0.0, 0.0, 1.0).sdf(x, y) < 0, shape_prim(b, 0.0, 0.0, 1.0).sdf(x, y) < 0
+    return float((ma & mb).sum() / max(int((ma | mb).sum()), 1))

@@ -103,10 +103,6 @@ class EvalTask:
         found = wordings(attrs) if attrs is not None else ()
         return found if found and found[0] == candidate else (candidate,)
 
-    def ensemble(self, candidates: tuple[str, ...]) -> list[list[str]]:
-        """Each candidate written with every template: [candidate][template] -> text."""
-        return [[t.format(c) for t in self.templates] for c in candidates]
-
 
 def _pick(name: str, candidates: str, all_: tuple, heldout: tuple, train: tuple) -> tuple:
     if candidates not in CANDIDATE_SETS:

@@ -49,7 +49,9 @@ class WorldConfig:
     lightings they were not seen in. empty: chance that a training scene not on a backdrop is the
     landscape alone (sky and ground under its condition, captioned 'a night scene', 'an empty
     landscape in winter'), so that conditions are learnt apart from the objects seen in them. The
-    twin of an empty landscape is an object under the same condition."""
+    twin of an empty landscape is an object under the same condition. alike: chance that an
+    object's twin with another shape takes the shape most like its own (a hexagon for a circle,
+    by the overlap of their masks) rather than any other shape: the hardest negatives."""
 
     seed: int = 0
     size: int = 64
@@ -63,6 +65,7 @@ class WorldConfig:
     backdrops: float = 0.25
     relight: float = 0.0
     empty: float = 0.0
+    alike: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("seed", "size", "length"):
@@ -87,7 +90,7 @@ class WorldConfig:
                 raise ConfigError(f"WorldConfig.kinds[{k!r}] must be a number >= 0, got {w!r}")
         if sum(self.kinds.values()) <= 0:
             raise ConfigError("WorldConfig.kinds: at least one kind needs a positive weight")
-        for name in ("texture_prob", "plain_prob", "jitter", "twins", "backdrops", "relight", "empty"):
+        for name in ("texture_prob", "plain_prob", "jitter", "twins", "backdrops", "relight", "empty", "alike"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
                 raise ConfigError(f"WorldConfig.{name} must be a number in [0, 1], got {v!r}")
@@ -155,7 +158,7 @@ class World:
         if cfg.twins > 0 and i % 2 == 1:
             rng = Rng(cfg.seed, i, _TWIN_STREAM)
             if rng.chance(cfg.twins):       # a minimal edit of sample i - 1: a hard negative beside it
-                return twin(rng, self.spec(i - 1), cfg.split, cfg.jitter)
+                return twin(rng, self.spec(i - 1), cfg.split, cfg.jitter, cfg.alike)
         rng = Rng(cfg.seed, i, _SPEC_STREAM)
         kind = rng.weighted(self._kinds, self._weights)
         if kind == "scene":
@@ -188,7 +191,7 @@ class World:
         text = self.caption(i)
         for attempt in range(16):       # the edit must show in the words (a scene caption may omit the condition)
             wrong = twin(Rng(self.config.seed, i, _NEGATIVE_STREAM, attempt), spec, self.config.split,
-                         self.config.jitter)
+                         self.config.jitter, self.config.alike)
             negative = caption(ground_truth(wrong), Rng(self.config.seed, i, _CAPTION_STREAM))[0]
             if negative != text:
                 return negative
