@@ -126,3 +126,32 @@ def test_bundled_diffusion_draws_world_like_pictures():
     distance = {name: float((features(x) - target).norm()) for name, x in
                 (("trained", pictures["trained"]), ("flat", flat), ("untrained", pictures["untrained"]))}
     assert distance["trained"] < distance["flat"] and distance["trained"] < distance["untrained"], distance
+
+
+def test_bundled_stylegan_draws_world_like_pictures():
+    """The bundled StyleGAN2's unguided pictures are, in the judge's feature space, closer to world
+    renders than a flat picture of the world's mean colour and than the pictures of the same
+    architecture untrained."""
+    from clipguide.generators import build_generator, load_network
+    from clipguide.generators.stylegan import StyleGAN2Generator
+
+    judge = clipguide.load("judge")
+    real = _world_pictures(48)
+
+    def features(x):
+        with torch.no_grad():
+            return judge.encode_image(judge.preprocess(x), normalize=True).mean(dim=0)
+
+    trained = load_network("stylegan")
+    untrained = StyleGAN2Generator(trained.config, generator=torch.Generator().manual_seed(0)).eval()
+    pictures = {}
+    for name, net in (("trained", trained), ("untrained", untrained)):
+        with torch.no_grad():
+            pictures[name] = build_generator("stylegan", network=net, batch=8, seed=0)()
+        assert pictures[name].shape == (8, 3, 64, 64)
+        assert 0 <= pictures[name].min() and pictures[name].max() <= 1
+    target = features(real)
+    flat = real.mean(dim=(0, 2, 3), keepdim=True).expand(8, 3, 64, 64)
+    distance = {name: float((features(x) - target).norm()) for name, x in
+                (("trained", pictures["trained"]), ("flat", flat), ("untrained", pictures["untrained"]))}
+    assert distance["trained"] < distance["flat"] and distance["trained"] < distance["untrained"], distance
