@@ -91,6 +91,35 @@ def test_bundled_generator_starts_from_a_world_picture(family):
     assert float((back - real).pow(2).mean().sqrt()) < 0.12
 
 
+def _unguided(family: str, networks: dict, batch: int) -> dict:
+    """Unguided pictures (seed 0) of each named network of a family, checked for shape and range."""
+    from clipguide.generators import build_generator
+
+    pictures = {}
+    for name, net in networks.items():
+        with torch.no_grad():
+            pictures[name] = build_generator(family, network=net, batch=batch, seed=0)()
+        assert pictures[name].shape == (batch, 3, 64, 64)
+        assert 0 <= pictures[name].min() and pictures[name].max() <= 1
+    return pictures
+
+
+def _closer_to_world_than_flat_and_untrained(pictures: dict, real: torch.Tensor) -> None:
+    """In the judge's feature space (mean embedding), the trained network's pictures are closer to
+    world renders than a flat picture of the world's mean colour and than the untrained network's."""
+    judge = clipguide.load("judge")
+
+    def features(x):
+        with torch.no_grad():
+            return judge.encode_image(judge.preprocess(x), normalize=True).mean(dim=0)
+
+    target = features(real)
+    flat = real.mean(dim=(0, 2, 3), keepdim=True).expand_as(pictures["trained"])
+    distance = {name: float((features(x) - target).norm()) for name, x in
+                (("trained", pictures["trained"]), ("flat", flat), ("untrained", pictures["untrained"]))}
+    assert distance["trained"] < distance["flat"] and distance["trained"] < distance["untrained"], distance
+
+
 def test_bundled_diffusion_draws_world_like_pictures():
     """The bundled diffusion network's unguided pictures are smooth like world renders and, in the
     judge's feature space, closer to them than a flat picture of the world's mean colour and than
@@ -99,59 +128,28 @@ def test_bundled_diffusion_draws_world_like_pictures():
 
     from diffusers import UNet2DModel
 
-    from clipguide.generators import build_generator, load_network
+    from clipguide.generators import load_network
     from clipguide.guide.regularisers import total_variation
 
-    judge = clipguide.load("judge")
     real = _world_pictures(48)
-
-    def features(x):
-        with torch.no_grad():
-            return judge.encode_image(judge.preprocess(x), normalize=True).mean(dim=0)
-
     trained = load_network("diffusion")
     torch.manual_seed(0)
     unet = UNet2DModel.from_config(trained.unet.config).to(next(trained.unet.parameters()).dtype).eval()
     untrained = dataclasses.replace(trained, unet=unet, _ddim_cache={})
-    pictures = {}
-    for name, net in (("trained", trained), ("untrained", untrained)):
-        with torch.no_grad():
-            pictures[name] = build_generator("diffusion", network=net, batch=6, seed=0)()
-        assert pictures[name].shape == (6, 3, 64, 64)
-        assert 0 <= pictures[name].min() and pictures[name].max() <= 1
+    pictures = _unguided("diffusion", {"trained": trained, "untrained": untrained}, batch=6)
     real_tv = total_variation(real).mean()
     assert total_variation(pictures["trained"]).mean() < 4 * real_tv < total_variation(pictures["untrained"]).mean()
-    target = features(real)
-    flat = real.mean(dim=(0, 2, 3), keepdim=True).expand(6, 3, 64, 64)
-    distance = {name: float((features(x) - target).norm()) for name, x in
-                (("trained", pictures["trained"]), ("flat", flat), ("untrained", pictures["untrained"]))}
-    assert distance["trained"] < distance["flat"] and distance["trained"] < distance["untrained"], distance
+    _closer_to_world_than_flat_and_untrained(pictures, real)
 
 
 def test_bundled_stylegan_draws_world_like_pictures():
     """The bundled StyleGAN2's unguided pictures are, in the judge's feature space, closer to world
     renders than a flat picture of the world's mean colour and than the pictures of the same
     architecture untrained."""
-    from clipguide.generators import build_generator, load_network
+    from clipguide.generators import load_network
     from clipguide.generators.stylegan import StyleGAN2Generator
-
-    judge = clipguide.load("judge")
-    real = _world_pictures(48)
-
-    def features(x):
-        with torch.no_grad():
-            return judge.encode_image(judge.preprocess(x), normalize=True).mean(dim=0)
 
     trained = load_network("stylegan")
     untrained = StyleGAN2Generator(trained.config, generator=torch.Generator().manual_seed(0)).eval()
-    pictures = {}
-    for name, net in (("trained", trained), ("untrained", untrained)):
-        with torch.no_grad():
-            pictures[name] = build_generator("stylegan", network=net, batch=8, seed=0)()
-        assert pictures[name].shape == (8, 3, 64, 64)
-        assert 0 <= pictures[name].min() and pictures[name].max() <= 1
-    target = features(real)
-    flat = real.mean(dim=(0, 2, 3), keepdim=True).expand(8, 3, 64, 64)
-    distance = {name: float((features(x) - target).norm()) for name, x in
-                (("trained", pictures["trained"]), ("flat", flat), ("untrained", pictures["untrained"]))}
-    assert distance["trained"] < distance["flat"] and distance["trained"] < distance["untrained"], distance
+    pictures = _unguided("stylegan", {"trained": trained, "untrained": untrained}, batch=8)
+    _closer_to_world_than_flat_and_untrained(pictures, _world_pictures(48))
