@@ -218,21 +218,19 @@ class _VQGAN(_Family):
 
 
 class _EqualConv(nn.Module):
-    """A convolution (or, with k=0, a linear layer) with an equalised learning rate: weights drawn
-    from N(0, 1) and scaled by 1/sqrt(fan-in) in the forward pass, so Adam moves every layer at the
-    same relative pace (with plain weights the discriminator runs away at StyleGAN2's lr)."""
+    """A convolution with an equalised learning rate (the convolutional counterpart of the
+    generator's EqualLinear): weights drawn from N(0, 1) and scaled by 1/sqrt(fan-in) in the forward
+    pass, so Adam moves every layer at the same relative pace (with plain weights the discriminator
+    runs away at StyleGAN2's lr)."""
 
     def __init__(self, c_in: int, c_out: int, k: int = 3, bias: bool = True):
         super().__init__()
-        self.k = k
-        self.weight = nn.Parameter(torch.randn(c_out, c_in, k, k) if k else torch.randn(c_out, c_in))
+        self.weight = nn.Parameter(torch.randn(c_out, c_in, k, k))
         self.bias = nn.Parameter(torch.zeros(c_out)) if bias else None
-        self.scale = 1.0 / math.sqrt(c_in * max(k, 1) ** 2)
+        self.scale = 1.0 / math.sqrt(c_in * k * k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.k:
-            return F.linear(x, self.weight * self.scale, self.bias)
-        return F.conv2d(x, self.weight * self.scale, self.bias, padding=self.k // 2)
+        return F.conv2d(x, self.weight * self.scale, self.bias, padding=self.weight.shape[-1] // 2)
 
 
 class _Discriminator(nn.Module):
@@ -240,6 +238,8 @@ class _Discriminator(nn.Module):
     down to 4 px, minibatch standard deviation, then a linear head."""
 
     def __init__(self, size: int, ch: int):
+        from .stylegan import EqualLinear
+
         super().__init__()
         self.stem = _EqualConv(3, ch, 1)
         blocks, c = [], ch
@@ -251,7 +251,7 @@ class _Discriminator(nn.Module):
             c, res = c2, res // 2
         self.blocks = nn.ModuleList(blocks)
         self.final = _EqualConv(c + 1, c)
-        self.head = nn.Sequential(nn.Flatten(), _EqualConv(c * 16, c, 0), nn.LeakyReLU(0.2), _EqualConv(c, 1, 0))
+        self.head = nn.Sequential(nn.Flatten(), EqualLinear(c * 16, c), nn.LeakyReLU(0.2), EqualLinear(c, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.leaky_relu(self.stem(x), 0.2)

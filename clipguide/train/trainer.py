@@ -124,20 +124,15 @@ class Trainer:
         self.model.precision = cfg.precision if self.device.type == "cpu" else "fp32"
         self.model.set_grad_checkpointing(cfg.grad_checkpointing)
         if cfg.lock:
-            if self._from_scratch:
-                raise ConfigError(f"lock={cfg.lock} keeps a trained tower: set model= to a checkpoint (or a "
-                                  f"bundled name) to fine-tune, not an architecture")
+            self._require_checkpoint(f"lock={cfg.lock} keeps a trained tower")
             for p in tower_parameters(self.model, cfg.lock):
                 p.requires_grad_(False)
             self._train_mode()
-        if cfg.wise < 1.0 and self._from_scratch:
-            raise ConfigError(f"wise={cfg.wise} mixes the tuned weights with the starting checkpoint's: set model= "
-                              f"to a checkpoint (or a bundled name) to fine-tune, not an architecture")
+        if cfg.wise < 1.0:
+            self._require_checkpoint(f"wise={cfg.wise} mixes the tuned weights with the starting checkpoint's")
         self.reference = None
         if cfg.adv_objective == "anchor":
-            if self._from_scratch:
-                raise ConfigError("adv_objective=anchor keeps a trained model's embeddings: set model= to a "
-                                  "checkpoint (or a bundled name) to fine-tune, not an architecture")
+            self._require_checkpoint("adv_objective=anchor keeps a trained model's embeddings")
             self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
                                            betas=tuple(cfg.betas), eps=cfg.eps)
@@ -151,6 +146,12 @@ class Trainer:
         self.history: list[dict] = []
 
     # --- model and tokenizer ---------------------------------------------------------------------
+    def _require_checkpoint(self, what: str) -> None:
+        """Options that fine-tune need a trained start, not an architecture name."""
+        if self._from_scratch:
+            raise ConfigError(f"{what}: set model= to a checkpoint (or a bundled name) to fine-tune, "
+                              f"not an architecture")
+
     def _build_model(self) -> CLIP:
         cfg = self.cfg
         name = cfg.model
