@@ -164,6 +164,8 @@ def cmd_eval(args) -> int:
         raise InputError(f"--candidates is for 'eval guided' (the captions its judge chooses among), not 'eval {args.what}'")
     if args.what == "edits":
         return _eval_edits(args)
+    if args.what == "samples":
+        return _eval_samples(args)
     _run_options(args)                                    # refuses options that only steering takes
     model = _load(args)
     torch.manual_seed(0)
@@ -208,6 +210,21 @@ def _eval_guided(args) -> int:
         from clipguide.world import contact_sheet
 
         contact_sheet(list(pictures), report.prompts, args.sheet)
+    return 0
+
+
+def _eval_samples(args) -> int:
+    import clipguide
+    from clipguide.generators.quality import sample_quality, unguided_samples
+
+    judge = clipguide.load(args.judge, device=args.device)
+    samples = unguided_samples(args.generator, args.n, args.generator_model, seed=args.seed, progress=True)
+    print(json.dumps({"task": "samples", "generator": args.generator, "network": args.generator_model or "bundled",
+                      "judge": args.judge, **sample_quality(judge, samples)}), flush=True)
+    if args.sheet:
+        from clipguide.world import contact_sheet
+
+        contact_sheet(list(samples[:64]), [""] * min(64, len(samples)), args.sheet)
     return 0
 
 
@@ -429,11 +446,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Prints one JSON line per task. Tasks: colour_shape, count, relation, scene "
                        "(zero-shot on held-out compositions, with and without prompt ensembling), retrieval "
                        "(R@1/5/10 both ways) and linear_probe (logistic regression on frozen image features).")
-    p.add_argument("what", nargs="?", choices=["zero-shot", "guided", "edits"], default="zero-shot",
+    p.add_argument("what", nargs="?", choices=["zero-shot", "guided", "edits", "samples"], default="zero-shot",
                    help="zero-shot (default): the held-out tasks below; guided: steer one picture per prompt of "
                    "the held-out suite with --model and score it with --judge and the world oracle; edits: edit "
                    "rendered world pictures (colour, at night, gothic church) and report how often the judge "
-                   "sees the edit and how much of the rest stays (L2, SSIM)")
+                   "sees the edit and how much of the rest stays (L2, SSIM); samples: how world-like --generator's "
+                   "unguided pictures are (--n of them): the Frechet distance of the judge's embeddings to world "
+                   "renders', beside a second set of renders (fd_world) and flat pictures (fd_flat)")
     p.add_argument("--model", default="default", help="model name or checkpoint path (default: bundled 'default'); "
                    "for 'guided' the guide")
     p.add_argument("--judge", default="judge", help="guided: the independent scoring model (default: bundled 'judge')")
@@ -457,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sheet", default=None, help="guided: also write a contact sheet of the pictures (PNG)")
     p.add_argument("--task", action="append", choices=["colour_shape", "count", "relation", "scene", "retrieval",
                                                        "linear_probe"], help="task to run (repeatable; default all)")
-    p.add_argument("--n", type=int, default=500, help="images per zero-shot task (default 500)")
+    p.add_argument("--n", type=int, default=500, help="images per zero-shot task, or samples (default 500)")
     p.add_argument("--retrieval-n", type=int, default=1000, help="image-caption pairs for retrieval (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the evaluation samples")
     _add_load_args(p)

@@ -3,6 +3,7 @@ killed run resumes to exactly the weights of an uninterrupted one."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -214,3 +215,45 @@ def test_a_diffusion_init_must_share_the_noise_schedule(tmp_path):
     arch = {**TINY["diffusion"], "prediction_type": "v_prediction"}
     with pytest.raises(ConfigError, match="prediction_type"):
         T.train_generator(_cfg("diffusion", tmp_path / "v", steps=1, init=str(first), arch=arch), progress=False)
+
+
+@pytest.mark.parametrize("arch", ["RN-nano", "ViT-nano"])
+def test_a_feature_discriminator_reads_a_frozen_clip(arch, tmp_path):
+    """arch.feature_d: heads on a frozen CLIP image tower (either kind) join the discriminator;
+    the heads learn and are checkpointed, the tower is neither trained nor saved, the generator's
+    gradient passes through the tower, and a killed run still resumes exactly."""
+    import clipguide
+    from clipguide.tokenizer import Tokenizer
+
+    torch.manual_seed(0)
+    tok = Tokenizer.train(["a red circle", "a blue square"] * 5, vocab_size=600, context_length=16)
+    clip = clipguide.create_model(arch, tokenizer=tok).eval()
+    path = clipguide.save(clip, tmp_path / "clip.safetensors")
+    tower = {k: v.clone() for k, v in clip.visual.state_dict().items()}
+    cfg = _cfg("stylegan", tmp_path / "fd", arch={**TINY["stylegan"], "feature_d": str(path), "feature_d_weight": 0.5})
+    fam = T._StyleGAN(cfg, torch.Generator().manual_seed(0))
+    assert "fdisc" in fam.nets and fam.nets["fdisc"].heads
+    heads = {k: v.clone() for k, v in fam.fdisc.state_dict().items()}
+    assert not any(k.startswith("_tower") or "visual" in k for k in heads)
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    logits = fam.fdisc(x)
+    assert logits.shape[0] == 4 and logits.shape[1] > 1 and torch.isfinite(logits).all()
+    for step in range(2):
+        metrics = fam.step(x, step)
+        assert metrics["f_loss"] > 0 and all(map(math.isfinite, metrics.values()))
+    assert any(not torch.equal(heads[k], v) for k, v in fam.fdisc.state_dict().items())      # the heads learn
+    tuned = fam.fdisc._tower[0].visual.state_dict()
+    assert all(torch.equal(tower[k], tuned[k]) for k in tower)                               # the tower does not
+    # the feature heads alone move the generator (the pixel discriminator switched off)
+    fam.gen.zero_grad()
+    out = fam.fdisc(fam._fake(2))
+    out.mean().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in fam.gen.parameters())
+    # a full run: checkpointed heads, resumable, and refused settings
+    T.train_generator(cfg, progress=False)
+    saved = torch.load(tmp_path / "fd" / "checkpoint.pt", weights_only=False)["family"]["nets"]
+    assert set(saved["fdisc"]) == set(heads)
+    T.train_generator(cfg, progress=False, resume=True)
+    for bad, message in (("arch.feature_d=3", "feature_d"), ("arch.feature_d_weight=-1", "feature_d_weight")):
+        with pytest.raises(ConfigError, match=message):
+            T.GeneratorTrainConfig.from_args("stylegan", [bad])

@@ -134,3 +134,44 @@ def test_cli_generate_with_a_stylegan_and_wrong_family(files, tmp_path, capsys):
                  "--generator-model", str(files["vqgan"]), "--steps", "1", "--out", str(tmp_path / "x.png")])
     err = capsys.readouterr().err
     assert code != 0 and "VQGAN" in err
+
+
+def test_frechet_distance_matches_its_closed_form():
+    """Zero between a set and itself; for independent coordinates |mu_a - mu_b|^2 +
+    sum (sigma_a - sigma_b)^2; symmetric; shape errors are clear."""
+    from clipguide.generators.quality import frechet_distance
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(4000, 3, generator=g)
+    assert abs(frechet_distance(a, a)) < 1e-9
+    sa, sb, shift = torch.tensor([1.0, 2.0, 0.5]), torch.tensor([1.5, 1.0, 0.5]), torch.tensor([1.0, 0.0, -2.0])
+    x = (a - a.mean(0)) / a.std(0) * sa
+    y = (a - a.mean(0)) / a.std(0) * sb + shift
+    expected = float(shift.pow(2).sum() + (sa - sb).pow(2).sum())
+    assert frechet_distance(x, y) == pytest.approx(expected, rel=1e-3)
+    assert frechet_distance(y, x) == pytest.approx(frechet_distance(x, y), rel=1e-6)
+    with pytest.raises(InputError, match="same D"):
+        frechet_distance(a, a[:, :2])
+    with pytest.raises(InputError, match="at least 2"):
+        frechet_distance(a[:1], a)
+
+
+def test_sample_quality_places_a_generator_between_its_references(files, clip, capsys):
+    """Unguided samples of a network, scored in a judge's features against world renders: the
+    second set of renders is the closest, flat pictures and random noise pictures are far; the
+    command prints the same fields."""
+    from clipguide.generators.quality import sample_quality, unguided_samples, world_renders
+
+    samples = unguided_samples("stylegan", 24, files["stylegan"], batch=8)
+    assert samples.shape == (24, 3, 32, 32) and 0 <= samples.min() and samples.max() <= 1
+    again = unguided_samples("stylegan", 24, files["stylegan"], batch=8)
+    assert torch.equal(samples, again)
+    q = sample_quality(clip, samples)
+    assert set(q) == {"fd", "fd_world", "fd_flat", "n", "n_reference"} and q["n"] == 24
+    assert q["fd_world"] < q["fd_flat"] and q["fd_world"] < q["fd"]
+    renders = sample_quality(clip, world_renders(24, seed=7))            # other renders score near the floor
+    assert renders["fd"] < q["fd_flat"]
+    assert main(["eval", "samples", "--generator", "stylegan", "--generator-model", str(files["stylegan"]),
+                 "--judge", str(files["clip"]), "--n", "8"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["task"] == "samples" and line["n"] == 8 and line["fd_world"] < line["fd_flat"]

@@ -287,3 +287,21 @@ def test_written_out_attention_matches_the_fused_kernel(causal):
         torch.testing.assert_close(a, t.grad, atol=1e-5, rtol=1e-5)
     with torch.no_grad():                                   # inference: the fused kernel, same values
         torch.testing.assert_close(attention(q, k, v, causal), ref.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_frozen_linear_gives_first_and_second_order_gradients():
+    """The oneDNN path for frozen weights: its gradient to the input, and the gradient of that
+    gradient (a gradient penalty through a frozen tower), equal plain F.linear's."""
+    from clipguide.models.layers import linear
+
+    g = torch.Generator().manual_seed(0)
+    w, b = torch.randn(6, 5, generator=g), torch.randn(6, generator=g)
+    results = []
+    for fn in (linear, torch.nn.functional.linear):
+        x = torch.randn(3, 5, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+        y = fn(x.square(), w, b)
+        (grad,) = torch.autograd.grad(y.pow(3).sum(), x, create_graph=True)
+        grad.square().sum().backward()
+        results.append((y.detach(), grad.detach(), x.grad.clone()))
+    for ours, ref in zip(*results):
+        torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4)

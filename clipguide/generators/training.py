@@ -31,7 +31,8 @@ FAMILIES = ("vqgan", "stylegan", "diffusion")
 ARCHITECTURES: dict[str, dict[str, Any]] = {
     "vqgan": {"embed_dim": 32, "n_embed": 512, "ch": 64, "ch_mult": [1, 2, 2], "num_res_blocks": 1,
               "attn_resolutions": [16], "z_channels": 32},
-    "stylegan": {"style_dim": 128, "n_mlp": 4, "channel_max": 128, "channel_multiplier": 1, "d_channels": 64},
+    "stylegan": {"style_dim": 128, "n_mlp": 4, "channel_max": 128, "channel_multiplier": 1, "d_channels": 64,
+                 "feature_d": "", "feature_d_weight": 1.0},
     "diffusion": {"block_out_channels": [32, 64, 64], "layers_per_block": 1, "train_timesteps": 1000,
                   "attention": True, "norm_num_groups": 8, "beta_schedule": "linear", "prediction_type": "epsilon",
                   "ema": 0.0},
@@ -85,6 +86,13 @@ class GeneratorTrainConfig:
                 raise ConfigError(f"arch.prediction_type {a['prediction_type']!r} is not one of {PREDICTION_TYPES}")
             if isinstance(a["ema"], bool) or not isinstance(a["ema"], (int, float)) or not 0 <= a["ema"] < 1:
                 raise ConfigError(f"arch.ema must be in [0, 1) (0: no moving average), got {a['ema']!r}")
+        if self.family == "stylegan":
+            a = self.architecture
+            if not isinstance(a["feature_d"], str):
+                raise ConfigError(f"arch.feature_d names a CLIP model (e.g. 'default') or is empty, got {a['feature_d']!r}")
+            w = a["feature_d_weight"]
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
+                raise ConfigError(f"arch.feature_d_weight must be a number >= 0, got {w!r}")
         self.batch_size = self.batch_size or DEFAULTS[self.family]["batch_size"]
         self.lr = self.lr or DEFAULTS[self.family]["lr"]
         return self
@@ -264,9 +272,67 @@ class _Discriminator(nn.Module):
         return self.head(h).squeeze(1)
 
 
+class _FeatureDiscriminator(nn.Module):
+    """Discriminator heads on the features of a frozen CLIP image tower (as in projected and
+    vision-aided GANs): small convolutional heads read three depths of the tower (a ResNet's
+    layer1-3, a ViT's patch tokens at a third, two thirds and the end of its blocks) and a linear
+    head its embedding; every head gives logits, a patch's or the picture's. The tower is not
+    trained and not saved with the heads (the run's config names it)."""
+
+    def __init__(self, model, ch: int = 64):
+        from .stylegan import EqualLinear
+
+        super().__init__()
+        model.eval().requires_grad_(False)
+        self._tower = [model]                              # a list: not a submodule, so not trained nor saved
+        visual = model.visual
+        if hasattr(visual, "layer3"):
+            taps = [visual.layer1, visual.layer2, visual.layer3]
+            self._grid = None
+        else:
+            blocks = visual.transformer.resblocks
+            n = len(blocks)
+            taps = [blocks[max(0, n // 3 - 1)], blocks[max(0, 2 * n // 3 - 1)], blocks[n - 1]]
+            self._grid = visual.image_size // visual.patch_size
+        self._maps: list[torch.Tensor] = []
+        for t in taps:
+            t.register_forward_hook(lambda _m, _i, out: self._maps.append(out))
+        with torch.no_grad():
+            size = model.config.vision.image_size
+            widths = [m.shape[1] for m in self._features(torch.zeros(1, 3, size, size))[0]]
+        self.heads = nn.ModuleList(nn.Sequential(_EqualConv(w, ch, 1), nn.LeakyReLU(0.2), _EqualConv(ch, ch, 3),
+                                                 nn.LeakyReLU(0.2), _EqualConv(ch, 1, 1)) for w in widths)
+        e = model.config.embed_dim
+        self.embed_head = nn.Sequential(EqualLinear(e, ch), nn.LeakyReLU(0.2), EqualLinear(ch, 1))
+
+    def _features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """x in [-1, 1] -> (feature maps (B, C, h, w), embedding (B, E))."""
+        model = self._tower[0]
+        size = model.config.vision.image_size
+        x = (x + 1) / 2
+        if x.shape[-1] != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        self._maps.clear()
+        emb = model.visual(model.preprocess.normalize(x))
+        maps = list(self._maps)
+        self._maps.clear()
+        if self._grid is not None:                         # ViT tokens (B, 1 + g*g, D) -> (B, D, g, g)
+            maps = [m[:, 1:].transpose(1, 2).reshape(m.shape[0], -1, self._grid, self._grid) for m in maps]
+        return maps, emb
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) in [-1, 1] -> logits (B, N): every head's patches, then the embedding's."""
+        maps, emb = self._features(x)
+        logits = [head(m.float()).flatten(1) for head, m in zip(self.heads, maps)]
+        logits.append(self.embed_head(F.normalize(emb.float(), dim=-1)))
+        return torch.cat(logits, dim=1)
+
+
 class _StyleGAN(_Family):
     """Non-saturating logistic GAN loss, lazy R1 penalty on real pictures, an exponential moving
-    average of the generator (what is exported, as `g_ema`), and the average w for truncation."""
+    average of the generator (what is exported, as `g_ema`), and the average w for truncation.
+    With `arch.feature_d` (a CLIP model: "default", a path) a second discriminator reads that
+    frozen model's features (`_FeatureDiscriminator`); its loss is added with `feature_d_weight`."""
 
     R1_EVERY, R1_GAMMA, EMA = 8, 1.0, 0.999
     init_targets = ("gen", "ema")
@@ -283,10 +349,17 @@ class _StyleGAN(_Family):
         self.ema = copy.deepcopy(self.gen).requires_grad_(False)
         self.disc = _Discriminator(cfg.size, a["d_channels"])
         self.nets = {"gen": self.gen, "ema": self.ema, "disc": self.disc}
+        self.fdisc, self.f_weight = None, float(a["feature_d_weight"])
+        d_params = list(self.disc.parameters())
+        if a["feature_d"]:
+            from ..checkpoints import load
+
+            self.fdisc = _FeatureDiscriminator(load(a["feature_d"]))
+            self.nets["fdisc"] = self.fdisc
+            d_params += list(self.fdisc.parameters())
         r1_ratio = self.R1_EVERY / (self.R1_EVERY + 1)
         self.optims = {"gen": torch.optim.Adam(self.gen.parameters(), lr=cfg.lr, betas=(0.0, 0.99)),
-                       "disc": torch.optim.Adam(self.disc.parameters(), lr=cfg.lr * r1_ratio,
-                                                betas=(0.0, 0.99 ** r1_ratio))}
+                       "disc": torch.optim.Adam(d_params, lr=cfg.lr * r1_ratio, betas=(0.0, 0.99 ** r1_ratio))}
         self.optims["disc"].param_groups[0]["lr_scale"] = r1_ratio
         self.g = g
 
@@ -294,30 +367,50 @@ class _StyleGAN(_Family):
         z = torch.randn(n, self.config.style_dim, generator=self.g)
         return self.gen(z, noise="random", generator=self.g)
 
+    def _d_loss(self, fake: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The discriminators' logistic loss on a fake and a real batch; also the feature part alone."""
+        with self.autocast():
+            d_fake, d_real = self.disc(fake).float(), self.disc(real).float()
+        loss = F.softplus(d_fake).mean() + F.softplus(-d_real).mean()
+        f_loss = torch.zeros(())
+        if self.fdisc is not None:
+            with self.autocast():
+                f_fake, f_real = self.fdisc(fake).float(), self.fdisc(real).float()
+            f_loss = F.softplus(f_fake).mean() + F.softplus(-f_real).mean()
+        return loss + self.f_weight * f_loss, f_loss
+
     def step(self, x: torch.Tensor, step: int) -> dict[str, float]:
         n = x.shape[0]
         # discriminator
         self.disc.requires_grad_(True)
+        if self.fdisc is not None:
+            self.fdisc.requires_grad_(True)
         with torch.no_grad(), self.autocast():
             fake = self._fake(n).float()
-        with self.autocast():
-            d_fake, d_real = self.disc(fake).float(), self.disc(x).float()
-        d_loss = F.softplus(d_fake).mean() + F.softplus(-d_real).mean()
+        d_loss, f_loss = self._d_loss(fake, x)
         opt = self.optims["disc"]
         opt.zero_grad(set_to_none=True)
         d_loss.backward()
         r1 = torch.zeros(())
         if step % self.R1_EVERY == 0:
             real = x.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(self.disc(real).sum(), real, create_graph=True)
+            out = self.disc(real).sum()
+            if self.fdisc is not None:
+                out = out + self.f_weight * self.fdisc(real).mean(1).sum()
+            (grad,) = torch.autograd.grad(out, real, create_graph=True)
             r1 = grad.pow(2).flatten(1).sum(1).mean()
             (self.R1_GAMMA / 2 * r1 * self.R1_EVERY).backward()
         opt.step()
         # generator
         self.disc.requires_grad_(False)
+        if self.fdisc is not None:
+            self.fdisc.requires_grad_(False)
         with self.autocast():
-            g_out = self.disc(self._fake(n)).float()
-        g_loss = F.softplus(-g_out).mean()
+            fake = self._fake(n)
+            g_out = self.disc(fake).float()
+            g_loss = F.softplus(-g_out).mean()
+            if self.fdisc is not None:
+                g_loss = g_loss + self.f_weight * F.softplus(-self.fdisc(fake).float()).mean()
         opt = self.optims["gen"]
         opt.zero_grad(set_to_none=True)
         g_loss.backward()
@@ -327,7 +420,10 @@ class _StyleGAN(_Family):
                 pe.lerp_(p, 1 - self.EMA)
             for be, b in zip(self.ema.buffers(), self.gen.buffers()):
                 be.copy_(b)
-        return {"loss": g_loss.item(), "d_loss": d_loss.item(), "r1": r1.item()}
+        metrics = {"loss": g_loss.item(), "d_loss": d_loss.item(), "r1": r1.item()}
+        if self.fdisc is not None:
+            metrics["f_loss"] = f_loss.item()
+        return metrics
 
     @torch.no_grad()
     def samples(self, x: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:

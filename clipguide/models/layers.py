@@ -35,6 +35,8 @@ class _FrozenLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (weight,) = ctx.saved_tensors
+        if torch.is_grad_enabled():            # create_graph (a gradient penalty): differentiable ops
+            return grad @ weight, None, None
         return _DNNL_LINEAR(grad.contiguous(), weight.t().contiguous(), None, "none", [], ""), None, None
 
 
