@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import clipguide
+from clipguide.generators.quality import world_renders
 from clipguide.world.tasks import get_task
 
 ASSETS = Path(clipguide.__file__).parent / "assets"
@@ -65,13 +66,6 @@ def _bundled_generator_families():
     return [f for f in BUNDLED if clipguide.has_bundled_generator(f)]
 
 
-def _world_pictures(n):
-    from clipguide.world import World, WorldConfig
-
-    world = World(WorldConfig(seed=123))
-    return torch.stack([world.sample(i).image for i in range(n)])
-
-
 @pytest.mark.parametrize("family", _bundled_generator_families())
 def test_bundled_generator_starts_from_a_world_picture(family):
     """A bundled generator has a card with its command and, started from a world picture (its
@@ -83,7 +77,7 @@ def test_bundled_generator_starts_from_a_world_picture(family):
     stem = BUNDLED[family].removesuffix(".safetensors")
     card = (ASSETS / f"{stem}.md").read_text()
     assert f"clipguide train-generator {family}" in card and "training time" in card
-    real = _world_pictures(4)
+    real = world_renders(4)
     gen = build_generator(family, network=load_network(family), batch=4, init=real, seed=0)  # may optimise
     with torch.no_grad():
         back = gen()
@@ -93,12 +87,11 @@ def test_bundled_generator_starts_from_a_world_picture(family):
 
 def _unguided(family: str, networks: dict, batch: int) -> dict:
     """Unguided pictures (seed 0) of each named network of a family, checked for shape and range."""
-    from clipguide.generators import build_generator
+    from clipguide.generators.quality import unguided_samples
 
     pictures = {}
     for name, net in networks.items():
-        with torch.no_grad():
-            pictures[name] = build_generator(family, network=net, batch=batch, seed=0)()
+        pictures[name] = unguided_samples(family, batch, net, batch=batch, seed=0)
         assert pictures[name].shape == (batch, 3, 64, 64)
         assert 0 <= pictures[name].min() and pictures[name].max() <= 1
     return pictures
@@ -107,15 +100,12 @@ def _unguided(family: str, networks: dict, batch: int) -> dict:
 def _closer_to_world_than_flat_and_untrained(pictures: dict, real: torch.Tensor) -> None:
     """In the judge's feature space (mean embedding), the trained network's pictures are closer to
     world renders than a flat picture of the world's mean colour and than the untrained network's."""
+    from clipguide.guide.score import _image
+
     judge = clipguide.load("judge")
-
-    def features(x):
-        with torch.no_grad():
-            return judge.encode_image(judge.preprocess(x), normalize=True).mean(dim=0)
-
-    target = features(real)
+    target = _image(judge, real).mean(dim=0)
     flat = real.mean(dim=(0, 2, 3), keepdim=True).expand_as(pictures["trained"])
-    distance = {name: float((features(x) - target).norm()) for name, x in
+    distance = {name: float((_image(judge, x).mean(dim=0) - target).norm()) for name, x in
                 (("trained", pictures["trained"]), ("flat", flat), ("untrained", pictures["untrained"]))}
     assert distance["trained"] < distance["flat"] and distance["trained"] < distance["untrained"], distance
 
@@ -131,7 +121,7 @@ def test_bundled_diffusion_draws_world_like_pictures():
     from clipguide.generators import load_network
     from clipguide.guide.regularisers import total_variation
 
-    real = _world_pictures(48)
+    real = world_renders(48)
     trained = load_network("diffusion")
     torch.manual_seed(0)
     unet = UNet2DModel.from_config(trained.unet.config).to(next(trained.unet.parameters()).dtype).eval()
@@ -152,4 +142,4 @@ def test_bundled_stylegan_draws_world_like_pictures():
     trained = load_network("stylegan")
     untrained = StyleGAN2Generator(trained.config, generator=torch.Generator().manual_seed(0)).eval()
     pictures = _unguided("stylegan", {"trained": trained, "untrained": untrained}, batch=8)
-    _closer_to_world_than_flat_and_untrained(pictures, _world_pictures(48))
+    _closer_to_world_than_flat_and_untrained(pictures, world_renders(48))

@@ -65,9 +65,10 @@ def unguided_samples(family: str, n: int, network: Any = None, batch: int = 32, 
 
 
 def _embed(judge, images: torch.Tensor, batch: int = 128) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([judge.encode_image(judge.preprocess(images[i:i + batch]), normalize=True)
-                          for i in range(0, len(images), batch)])
+    """The judge's unit image embeddings (as its scoring computes them), `batch` pictures at a time."""
+    from ..guide.score import _image
+
+    return torch.cat([_image(judge, images[i:i + batch]) for i in range(0, len(images), batch)])
 
 
 def sample_quality(judge, samples: torch.Tensor, n_reference: int | None = None) -> dict[str, float]:
