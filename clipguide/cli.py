@@ -343,14 +343,24 @@ def _generator_options(args) -> dict:
 
 
 def _run_options(args) -> dict:
-    """Options of the generator's run(): the diffusion guidance scale and guidance stop."""
+    """Options of the generator's run(): the search among starts, the diffusion guidance scale and
+    guidance stop."""
     from clipguide.errors import InputError
     from clipguide.generators.diffusion import check_guidance
 
+    search = getattr(args, "search", None)
+    if search is not None:
+        if search < 1:
+            raise InputError(f"--search is how many starts the guide chooses among: an integer >= 1, got {search}")
+        if getattr(args, "what", "guided") != "guided":
+            raise InputError(f"--search is for 'eval guided' (an edit starts from its picture), not 'eval {args.what}'")
+        if args.generator not in SEARCHING:
+            raise InputError(f"--search needs a generator network to draw starts from ({', '.join(SEARCHING)}), "
+                             f"not --generator {args.generator}")
     options = {name: getattr(args, name) for name in ("guidance_scale", "guidance_stop")
                if getattr(args, name, None) is not None}
     if not options:
-        return {}
+        return {"search": search} if search is not None else {}
     flag = "--" + next(iter(options)).replace("_", "-")
     if getattr(args, "what", "guided") == "zero-shot":
         raise InputError(f"{flag} is for 'eval guided' and 'eval edits', not zero-shot evaluation")
@@ -360,7 +370,7 @@ def _run_options(args) -> dict:
         check_guidance(**options)
     except InputError as e:
         raise InputError(f"--guidance-scale / --guidance-stop: {e}") from None
-    return options
+    return {**options, "search": search} if search is not None else options
 
 
 def cmd_edit(args) -> int:
@@ -392,6 +402,17 @@ def _add_generator_args(p: argparse.ArgumentParser, default: str = "fourier") ->
     p.add_argument("--space", choices=["w", "w+"], default="w+", help="stylegan: latent space (default w+)")
     p.add_argument("--truncation", type=float, default=0.7, help="stylegan: truncation of the start (default 0.7)")
     _add_guidance_scale(p)
+
+
+# the generators whose run() can search among random starts (their networks draw them)
+SEARCHING = ("vqgan", "stylegan", "diffusion")
+
+
+def _add_search(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--search", type=int, default=None, metavar="N",
+                   help="vqgan, stylegan: the guide chooses each picture's start among N random ones before "
+                   "steering; diffusion: N samples run side by side, the guide's choice resampling them at "
+                   "every guided step, the best one kept (default 1: no search)")
 
 
 def _add_guidance_scale(p: argparse.ArgumentParser) -> None:
@@ -466,6 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generator-model", default=None,
                    help="guided, edits: the generator's network (default: the bundled one of its family)")
     _add_guidance_scale(p)
+    _add_search(p)
     p.add_argument("--edits", type=int, default=30, help="edits: pictures edited (default 30)")
     p.add_argument("--preserve", type=float, default=1.0, help="edits: weight of staying near the original (default 1)")
     p.add_argument("--steps", type=int, default=100, help="guided: steps per picture (default 100)")
@@ -500,6 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output image (.png keeps the provenance)")
     p.add_argument("--model", default="default", help="guide model name or checkpoint path (default: bundled)")
     _add_generator_args(p)
+    _add_search(p)
     p.add_argument("--steps", type=int, default=100, help="optimisation (or, for diffusion, denoising) steps "
                    "(default 100)")
     p.add_argument("--lr", type=float, default=0.05, help="learning rate (default 0.05)")
@@ -538,8 +561,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-generator", help="train a small world generator (vqgan, stylegan, diffusion) to steer",
                        description="Train a VQGAN, StyleGAN2 or diffusers UNet on 64 px pictures of the procedural "
-                                   "world (or any training data source); resumable, exported in fp16 with a model card.")
-    p.add_argument("family", choices=["vqgan", "stylegan", "diffusion"], help="which generator family")
+                                   "world (or any training data source); resumable, exported in fp16 with a model card. "
+                                   "'autoencoder' trains a diffusers KL autoencoder; a diffusion run given one "
+                                   "(--set arch.vae=RUN/world-autoencoder) denoises in its latent space.")
+    p.add_argument("family", choices=["vqgan", "stylegan", "diffusion", "autoencoder"],
+                   help="which generator family (or the autoencoder of a latent diffusion model)")
     p.add_argument("--out", default=None, help="run folder (default runs/gen)")
     p.add_argument("--steps", type=int, default=0, help="training steps (default 3000)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",

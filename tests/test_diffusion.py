@@ -280,3 +280,51 @@ def test_guidance_scale_on_the_command_line(pixel_dir, tmp_path, capsys):
         assert "a number in [0, 1]" in capsys.readouterr().err
     assert main(args[:-4] + ["--guidance-stop", "0.5"]) == 2
     assert "--guidance-stop only applies to --generator diffusion" in capsys.readouterr().err
+
+
+class _PerPicture:
+    """_redness reporting each picture's value in `last["per_image"]`, as CLIPLoss does."""
+
+    def __init__(self):
+        self.last: dict = {}
+
+    def __call__(self, images, generator=None):
+        red = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
+        per = (images - red).pow(2).flatten(1).mean(1)
+        self.last = {"per_image": per.detach()}
+        return per.mean()
+
+
+def test_resampling_keeps_the_better_half_twice():
+    from clipguide.generators.diffusion import _best_particles, _resample
+
+    losses = torch.tensor([[3.0, 1.0, 2.0, 0.0], [0.5, 0.1, 0.9, 0.7]])
+    assert _resample(losses).tolist() == [3, 1, 3, 1, 5, 4, 5, 4]
+    assert _resample(torch.tensor([[2.0, 0.0, 1.0]])).tolist() == [1, 2, 1]        # an odd k keeps the upper half
+    images = torch.arange(8.0).view(8, 1, 1, 1)
+    assert _best_particles(images, losses.flatten(), 2).flatten().tolist() == [3.0, 5.0]
+
+
+def test_search_lets_the_loss_choose_among_samples(pixel_model):
+    """search=K samples K particles per picture, resampled by the loss at every guided step: by
+    selection alone (guidance scale 0) the pictures come out redder than one sample's, and the
+    picture returned is the one the loss ranks first."""
+    gen = DiffusionLatent(pixel_model, size=16, batch=2, generator=torch.Generator().manual_seed(1))
+    loss = _PerPicture()
+    one = gen.run(loss, steps=6, guidance_scale=0.0, seed=3, progress=False)
+    many = gen.run(loss, steps=6, guidance_scale=0.0, seed=3, progress=False, search=8)
+    assert many.images.shape == (2, 3, 16, 16) and many.provenance["search"] == 8
+    assert _redness(many.images) < _redness(one.images) - 0.01
+    assert many.best_loss == pytest.approx(float(loss(many.images)), rel=1e-5)
+    again = gen.run(loss, steps=6, guidance_scale=0.0, seed=3, progress=False, search=8)
+    assert torch.equal(again.images, many.images)
+    guided = gen.run(loss, steps=6, guidance_scale=1.0, seed=3, progress=False, search=4, scheduler="ddpm")
+    assert _redness(guided.images) < _redness(one.images)
+    with pytest.raises(InputError, match="per-picture"):
+        gen.run(_redness, steps=2, progress=False, search=2)
+    edit = DiffusionLatent(pixel_model, size=16, init=torch.rand(1, 3, 16, 16), sample_steps=4)
+    with pytest.raises(InputError, match="starts from an image"):
+        edit.run(loss, strength=0.5, progress=False, search=2)
+    for bad in (0, 1.5, True):
+        with pytest.raises(InputError, match="search"):
+            gen.run(loss, steps=2, progress=False, search=bad)

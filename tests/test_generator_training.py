@@ -14,7 +14,8 @@ from clipguide.generators import training as T
 
 TINY = {"vqgan": {"ch": 32, "ch_mult": [1, 1], "embed_dim": 8, "n_embed": 32, "z_channels": 8, "attn_resolutions": []},
         "stylegan": {"style_dim": 32, "n_mlp": 2, "channel_max": 32, "d_channels": 16},
-        "diffusion": {"block_out_channels": [16, 32], "norm_num_groups": 8}}
+        "diffusion": {"block_out_channels": [16, 32], "norm_num_groups": 8},
+        "autoencoder": {"block_out_channels": [8, 16], "norm_num_groups": 8, "latent_channels": 4}}
 
 
 def _cfg(family, out, **kw):
@@ -40,9 +41,54 @@ def test_each_family_trains_and_its_export_steers(family, tmp_path):
 AVERAGED_BF16 = {"arch": {**TINY["diffusion"], "ema": 0.5}, "precision": "bf16"}
 
 
-@pytest.mark.parametrize("family,extra", [(f, {}) for f in T.FAMILIES] + [("diffusion", AVERAGED_BF16)],
-                         ids=list(T.FAMILIES) + ["diffusion-ema-bf16"])
-def test_a_killed_run_resumes_to_the_same_weights(family, extra, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def autoencoder(tmp_path_factory):
+    """A tiny exported autoencoder (f = 2, 4 latent channels) for latent diffusion runs."""
+    return T.train_generator(_cfg("autoencoder", tmp_path_factory.mktemp("ae") / "run"), progress=False)
+
+
+def test_an_autoencoder_trains_and_a_diffusion_model_denoises_its_latents(autoencoder, tmp_path):
+    """The autoencoder exports a diffusers AutoencoderKL folder with its latents' scaling factor;
+    a diffusion run given it (arch.vae) trains a UNet on its latents and exports a latent pipeline
+    the diffusion adapter loads and steers at the picture size; a pixel init is refused."""
+    from clipguide.generators.diffusion import DiffusionModel
+
+    vae = T.load_autoencoder(autoencoder)
+    x = torch.rand(2, 3, 32, 32)
+    model = DiffusionModel(unet=None, scheduler=None, vae=vae)
+    z = model.encode(x)
+    assert z.shape == (2, 4, 16, 16)
+    scale = vae.config.scaling_factor
+    assert math.isfinite(scale) and scale > 0 and scale != 1.0
+    assert (autoencoder.parent / "samples.png").stat().st_size > 100
+    assert "clipguide train-generator autoencoder" in (autoencoder.parent / "MODEL_CARD.md").read_text()
+    path = T.train_generator(_cfg("diffusion", tmp_path / "ldm", arch={**TINY["diffusion"], "vae": str(autoencoder)}),
+                             progress=False)
+    net = load_network("diffusion", str(path))
+    assert net.latent and net.unet.config.in_channels == 4 and net.unet.config.sample_size == 16
+    assert not net.scheduler.config.clip_sample                 # latents are not clipped to [-1, 1]
+    img = build_generator("diffusion", network=net, seed=0)()
+    assert img.shape == (1, 3, 32, 32) and 0 <= img.min() and img.max() <= 1
+    pixel = T.train_generator(_cfg("diffusion", tmp_path / "pixel", steps=1), progress=False)
+    with pytest.raises(ConfigError, match="pixel UNet"):
+        T.train_generator(_cfg("diffusion", tmp_path / "mixed", steps=1, init=str(pixel),
+                               arch={**TINY["diffusion"], "vae": str(autoencoder)}), progress=False)
+    again = _cfg("autoencoder", tmp_path / "again", steps=1, init=str(autoencoder))
+    fam = T._FAMILIES["autoencoder"](again, torch.Generator().manual_seed(5))
+    fam.start_from(T._init_network(again))
+    exported = {k: v.float() for k, v in vae.state_dict().items()}
+    assert all(torch.equal(v, exported[k]) for k, v in fam.vae.state_dict().items())
+    with pytest.raises(ConfigError, match="no autoencoder at"):
+        T.train_generator(_cfg("diffusion", tmp_path / "none", arch={**TINY["diffusion"], "vae": str(tmp_path)}),
+                          progress=False)
+
+
+@pytest.mark.parametrize("family,extra", [(f, {}) for f in T.TRAINABLE] + [("diffusion", AVERAGED_BF16),
+                                                                         ("diffusion", "latent")],
+                         ids=list(T.TRAINABLE) + ["diffusion-ema-bf16", "diffusion-latent"])
+def test_a_killed_run_resumes_to_the_same_weights(family, extra, tmp_path, monkeypatch, request):
+    if extra == "latent":
+        extra = {"arch": {**TINY["diffusion"], "vae": str(request.getfixturevalue("autoencoder"))}}
     straight = _cfg(family, tmp_path / "straight", **extra)
     T.train_generator(straight, progress=False)
     ref = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)["family"]["nets"]

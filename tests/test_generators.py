@@ -175,3 +175,59 @@ def test_sample_quality_places_a_generator_between_its_references(files, clip, c
                  "--judge", str(files["clip"]), "--n", "8"]) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["task"] == "samples" and line["n"] == 8 and line["fd_world"] < line["fd_flat"]
+
+
+class _Brightness:
+    """Mean brightness as a loss, reporting each picture's value as CLIPLoss does."""
+
+    def __init__(self):
+        self.last: dict = {}
+
+    def __call__(self, images, generator=None):
+        per = images.flatten(1).mean(1)
+        self.last = {"per_image": per.detach()}
+        return per.mean()
+
+
+@pytest.mark.parametrize("name,options", [("vqgan", {}), ("stylegan", {}), ("stylegan", {"space": "w"})])
+def test_search_starts_each_picture_where_the_loss_is_lowest(files, name, options):
+    net = load_network(name, files[name])
+    build = lambda: build_generator(name, size=32, batch=2, seed=1, network=net, **options)  # noqa: E731
+    gen = build()
+    seeded = gen()
+    chosen = gen.choose_start(_Brightness(), 12, seed=4)
+    now = gen()
+    assert torch.allclose(chosen, now.flatten(1).mean(1), atol=1e-5)             # the start it reports
+    assert (chosen <= seeded.flatten(1).mean(1) + 1e-6).all()                      # never worse than the seed
+    assert not torch.equal(now, seeded) and (gen.latent_l2() == 0).all()           # the start moved with it
+    other = build()
+    other.choose_start(lambda images, generator=None: images.mean(), 12, seed=4)   # no per-picture report
+    assert torch.equal(other.latent, gen.latent)
+    same = build()
+    same.choose_start(_Brightness(), 1, seed=4)
+    assert torch.equal(same(), seeded)                                             # search 1: the seeded start
+
+
+def test_search_runs_and_refuses_what_it_cannot_do(files, clip, tmp_path, capsys):
+    net = load_network("stylegan", files["stylegan"])
+    run = lambda gen, **kw: gen.run(_Brightness(), steps=2, progress=False, seed=0, **kw)  # noqa: E731
+    a = run(build_generator("stylegan", size=32, seed=1, network=net), search=4)
+    b = run(build_generator("stylegan", size=32, seed=1, network=net), search=4)
+    assert torch.equal(a.images, b.images) and a.provenance["search"] == 4
+    with pytest.raises(InputError, match="no random starts"):
+        run(build_generator("fourier", size=32, seed=1), search=2)
+    with pytest.raises(InputError, match="starts from an image"):
+        run(build_generator("stylegan", size=32, init=_picture(), network=net, invert_steps=2), search=2)
+    with pytest.raises(InputError, match="integer >= 1"):
+        run(build_generator("stylegan", size=32, network=net), search=0)
+    out = tmp_path / "s.png"
+    common = ["--model", str(files["clip"]), "--steps", "2", "--cutouts", "2", "--out", str(out)]
+    assert main(["generate", "a red circle", "--generator", "stylegan", "--generator-model", str(files["stylegan"]),
+                 "--search", "3", *common]) == 0
+    from PIL import Image
+    with Image.open(out) as im:
+        assert json.loads(im.text["clipguide"])["search"] == 3
+    assert main(["generate", "a red circle", "--generator", "fourier", "--search", "3", *common]) != 0
+    assert "--search needs a generator network" in capsys.readouterr().err
+    assert main(["eval", "edits", "--generator", "stylegan", "--search", "3", "--model", str(files["clip"])]) != 0
+    assert "an edit starts from its picture" in capsys.readouterr().err

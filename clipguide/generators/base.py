@@ -81,6 +81,7 @@ class Generator(nn.Module):
     latent as parameters, remember the starting latent in `start` and implement forward()."""
 
     family = "generator"
+    from_image = False            # True when the start is an image's encoding or inversion (an edit)
 
     def latent_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -94,16 +95,88 @@ class Generator(nn.Module):
         d = (params[0] - start.to(params[0])) ** 2
         return d.reshape(d.shape[0], -1).mean(dim=1)
 
+    # --- search: the guide chooses the start among random ones ------------------------------------
+    def propose(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """`n` random starting latents for one picture, stacked like rows of the latent. Families
+        whose random starts are worth choosing among (a generator network's samples) implement it."""
+        raise InputError(f"{type(self).__name__} has no random starts to search among (search=1 turns the "
+                         "search off)")
+
+    def decode(self, latent: torch.Tensor, index: int = 0) -> torch.Tensor:
+        """Images (N, 3, H, W) in [0, 1] of N latents shaped like rows of the latent, drawn with the
+        fixed per-picture state (noise) of batch item `index`."""
+        raise NotImplementedError(f"{type(self).__name__} does not define decode")
+
+    def choose_start(self, loss_fn: Callable[..., torch.Tensor], search: int, seed: int = 0, chunk: int = 32
+                     ) -> torch.Tensor:
+        """For each picture, score its current start and `search - 1` random ones (propose()) by
+        `loss_fn` on the decoded pictures, forward only, and start from the lowest. Every candidate
+        is scored on the same augmented views. Returns the chosen starts' losses (B,)."""
+        if isinstance(search, bool) or not isinstance(search, int) or search < 1:
+            raise InputError(f"search (how many starts the guide chooses among) must be an integer >= 1, "
+                             f"got {search!r}")
+        if self.from_image and search > 1:
+            raise InputError("this generator starts from an image; a search would replace it with random starts "
+                             "(search=1 keeps it)")
+        params = self.latent_parameters()
+        start = getattr(self, "start", None)
+        if len(params) != 1 or start is None:
+            raise InputError(f"{type(self).__name__} cannot search its starts")
+        latent = params[0]
+        rng = torch.Generator(device="cpu").manual_seed(int(seed) + 7919)
+        chosen = []
+        with torch.no_grad():
+            for b in range(latent.shape[0]):
+                candidates = latent[b:b + 1].detach()
+                if search > 1:
+                    drawn = self.propose(search - 1, rng).to(latent)
+                    candidates = torch.cat([candidates, drawn])
+                losses = torch.cat([per_image_loss(loss_fn, self.decode(part, b), seed)
+                                    for part in candidates.split(chunk)])
+                best = int(losses.argmin())
+                latent[b] = candidates[best]
+                start[b] = candidates[best].to(start)
+                chosen.append(losses[best])
+        return torch.stack(chosen)
+
     def run(self, loss_fn: Callable[..., torch.Tensor], steps: int = 100, lr: float = 0.05, *, seed: int = 0,
-            latent_weight: float = 0.0, strength: float = 1.0, **kwargs):
+            latent_weight: float = 0.0, strength: float = 1.0, search: int = 1, settings: dict | None = None,
+            **kwargs):
         """Guided generation: optimise the latent with :func:`clipguide.steer` (see its options).
-        `latent_weight` > 0 adds that multiple of latent_l2() to the loss (keeps an edit close).
-        `strength` is for samplers (how far an edit re-noises its image); optimisation starts from
-        the image itself and does not use it."""
+        `search` > 1 first lets the loss choose each picture's start among that many (the seeded one
+        and random others; choose_start()). `latent_weight` > 0 adds that multiple of latent_l2() to
+        the loss (keeps an edit close). `strength` is for samplers (how far an edit re-noises its
+        image); optimisation starts from the image itself and does not use it."""
         from ..guide.steer import steer
 
+        if search != 1:
+            self.choose_start(loss_fn, search, seed)
+            settings = {**(settings or {}), "search": search}
         fn = loss_fn if not latent_weight else _WithLatentL2(loss_fn, self, latent_weight)
-        return steer(self, fn, steps=steps, lr=lr, seed=seed, **kwargs)
+        return steer(self, fn, steps=steps, lr=lr, seed=seed, settings=settings, **kwargs)
+
+
+def reported_losses(loss_fn: Callable[..., torch.Tensor], n: int) -> torch.Tensor | None:
+    """(n,) per-picture losses a loss reported for its last call on n pictures (CLIPLoss keeps them
+    in `last["per_image"]`), or None when it reports none."""
+    last = getattr(loss_fn, "last", None)
+    per = last.get("per_image") if isinstance(last, dict) else None
+    return per.detach().float() if torch.is_tensor(per) and per.shape == (n,) else None
+
+
+def per_image_loss(loss_fn: Callable[..., torch.Tensor], images: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """(N,) losses of N pictures, without gradients; the augmentations are drawn from a generator
+    seeded with `seed`, so equal seeds give every call the same views. A loss that reports its
+    per-picture values (CLIPLoss's `last["per_image"]`) is called once; any other callable once a
+    picture."""
+    with torch.no_grad():
+        value = loss_fn(images, generator=torch.Generator(device="cpu").manual_seed(int(seed)))
+        per = reported_losses(loss_fn, images.shape[0])
+        if per is not None:
+            return per
+        if images.shape[0] == 1:
+            return value.detach().float().reshape(1)
+        return torch.cat([per_image_loss(loss_fn, images[i:i + 1], seed) for i in range(images.shape[0])])
 
 
 class _WithLatentL2:

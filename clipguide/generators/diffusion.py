@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, InputError
-from .base import Generator, check_init, freeze, from_unit, to_unit
+from .base import Generator, check_init, freeze, from_unit, per_image_loss, reported_losses, to_unit
 
 # Component classes this module knows how to drive (anything else in a pipeline is refused by name).
 _UNETS = ("UNet2DModel", "UNet2DConditionModel")
@@ -281,19 +281,44 @@ class DiffusionLatent(Generator):
 
     def run(self, loss_fn: Callable[..., torch.Tensor], steps: int | None = None, lr: float | None = None, *,
             seed: int = 0, guidance_scale: float = 0.15, strength: float = 1.0, scheduler: str = "ddim",
-            guidance_space: str = "clean", guidance_stop: float = 1.0, recurrence: int = 1,
+            guidance_space: str = "clean", guidance_stop: float = 1.0, recurrence: int = 1, search: int = 1,
             callback: Callable | None = None, frame_every: int = 0, progress: bool = True,
             settings: dict | None = None, regularisers=(), latent_weight: float = 0.0, **unused) -> Any:
         """CLIP-guided sampling with `steps` denoising steps (default: sample_steps). strength < 1 with
         an init image: SDEdit (the image noised to that fraction of the schedule, then denoised); with
-        strength 1 and an init image, sampling starts from the image's DDIM inversion. Regularisers
-        (functions of the images, weighted) join the guidance loss; lr and latent_weight do not apply
-        to sampling and are ignored."""
+        strength 1 and an init image, sampling starts from the image's DDIM inversion. `search` > 1
+        samples that many pictures side by side for each one asked and lets the loss resample them
+        (see guided_sample). Regularisers (functions of the images, weighted) join the guidance
+        loss; lr and latent_weight do not apply to sampling and are ignored."""
         return guided_sample(self.model, loss_fn, self.latent.detach(), self.sample_steps if steps is None else steps,
                              guidance_scale=guidance_scale, seed=seed, strength=strength, scheduler=scheduler,
                              guidance_space=guidance_space, guidance_stop=guidance_stop, recurrence=recurrence,
-                             init_images=self.init_images, callback=callback, frame_every=frame_every,
+                             search=search, init_images=self.init_images, callback=callback, frame_every=frame_every,
                              progress=progress, settings=settings, regularisers=regularisers)
+
+
+def _particle_losses(loss_fn: Callable[..., torch.Tensor], n: int) -> torch.Tensor:
+    """(n,) per-picture losses the loss reported for its last call."""
+    per = reported_losses(loss_fn, n)
+    if per is None:
+        raise InputError("search > 1 ranks samples by their own losses: the loss must report per-picture values "
+                         "in loss.last['per_image'] as CLIPLoss does")
+    return per
+
+
+def _resample(losses: torch.Tensor) -> torch.Tensor:
+    """Rows to keep from (pictures, k) particle losses: each picture's better half (rounded up),
+    best first, repeated to fill its k rows."""
+    pictures, k = losses.shape
+    keep = losses.argsort(dim=1)[:, : (k + 1) // 2]
+    return (keep[:, torch.arange(k) % keep.shape[1]] + torch.arange(pictures)[:, None] * k).flatten()
+
+
+def _best_particles(images: torch.Tensor, losses: torch.Tensor, pictures: int) -> torch.Tensor:
+    """(pictures, ...) the lowest-loss particle of each picture from (pictures * k, ...)."""
+    k = images.shape[0] // pictures
+    best = losses.view(pictures, k).argmin(dim=1)
+    return images.view(pictures, k, *images.shape[1:])[torch.arange(pictures), best]
 
 
 def check_guidance(guidance_scale: float = 0.15, guidance_stop: float = 1.0) -> None:
@@ -309,10 +334,18 @@ def check_guidance(guidance_scale: float = 0.15, guidance_stop: float = 1.0) -> 
 
 def guided_sample(model: DiffusionModel, loss_fn: Callable[..., torch.Tensor], noise: torch.Tensor, steps: int, *,
                   guidance_scale: float = 0.15, seed: int = 0, strength: float = 1.0, scheduler: str = "ddim",
-                  guidance_space: str = "clean", guidance_stop: float = 1.0, recurrence: int = 1,
+                  guidance_space: str = "clean", guidance_stop: float = 1.0, recurrence: int = 1, search: int = 1,
                   init_images: torch.Tensor | None = None, callback: Callable | None = None, frame_every: int = 0,
                   progress: bool = True, settings: dict | None = None, regularisers=()):
-    """The guided denoising loop behind DiffusionLatent.run (returns a SteerResult)."""
+    """The guided denoising loop behind DiffusionLatent.run (returns a SteerResult).
+
+    `search` = K > 1 runs K samples (particles) for each picture: the seeded noise and K - 1 fresh
+    draws (not for an edit, which starts from its image). After every guided step the loss of each
+    particle's predicted clean picture ranks the K (also with guidance_scale 0: a search by the
+    loss's choice alone); the better half is kept, twice over, and a stochastic sampler (DDPM, or
+    DDIM with eta 1) makes the copies part again. The picture returned
+    is the particle the loss ranks first at the end. The ranking uses the guidance loss alone (it
+    needs per-picture values: CLIPLoss's `last["per_image"]`), not the regularisers."""
     from ..guide.steer import StepInfo, SteerResult, StopSteering, _provenance, stop_reason, total_loss
 
     if steps < 1:
@@ -324,6 +357,8 @@ def guided_sample(model: DiffusionModel, loss_fn: Callable[..., torch.Tensor], n
         raise InputError(f"guidance_space {guidance_space!r} is not one of {GUIDANCE_SPACES}")
     if isinstance(recurrence, bool) or not isinstance(recurrence, int) or recurrence < 1:
         raise InputError(f"recurrence must be an integer >= 1, got {recurrence!r}")
+    if isinstance(search, bool) or not isinstance(search, int) or search < 1:
+        raise InputError(f"search (how many samples the guide chooses among) must be an integer >= 1, got {search!r}")
     d = _diffusers()
     kinds = {"ddim": d.DDIMScheduler, "ddpm": d.DDPMScheduler}
     if scheduler not in kinds:
@@ -332,16 +367,26 @@ def guided_sample(model: DiffusionModel, loss_fn: Callable[..., torch.Tensor], n
     sched.set_timesteps(steps)
     rng = torch.Generator(device="cpu").manual_seed(int(seed))
     timesteps = sched.timesteps
+    pictures, k = noise.shape[0], search
     x = noise
+    if k > 1:                                   # particle j of picture b is row b * k + j
+        if init_images is not None:
+            raise InputError("this sampling starts from an image; a search would replace it with random starts "
+                             "(search=1 keeps it)")
+        drawn = torch.randn((pictures, k - 1, *noise.shape[1:]), generator=rng).to(noise)
+        x = torch.cat([noise[:, None], drawn], dim=1).flatten(0, 1)
     if init_images is not None and strength < 1:
         first = min(int(round(steps * (1 - strength))), steps - 1)
         timesteps = timesteps[first:]
         clean = model.encode(init_images.to(noise.device)).detach()
         fresh = torch.randn(clean.shape, generator=rng).to(clean)
         x = sched.add_noise(clean, fresh, timesteps[:1])
+    # copies made by resampling must part again: a stochastic sampler
+    step_options = {"eta": 1.0, "generator": rng} if k > 1 and scheduler == "ddim" else \
+        {"generator": rng} if scheduler == "ddpm" else {}
     settings = {"sampler": scheduler, "steps": steps, "guidance_scale": guidance_scale, "seed": seed,
                 "strength": strength, "guidance_space": guidance_space, "guidance_stop": guidance_stop,
-                "recurrence": recurrence, **(settings or {})}
+                "recurrence": recurrence, **({"search": k} if k > 1 else {}), **(settings or {})}
     guided_steps = int(round(guidance_stop * len(timesteps)))
     provenance = _provenance(loss_fn, model.unet, settings)
     provenance["generator"] = "DiffusionLatent"
@@ -370,6 +415,8 @@ def guided_sample(model: DiffusionModel, loss_fn: Callable[..., torch.Tensor], n
                         break
                     if scale > 0:
                         (grad,) = torch.autograd.grad(loss, x_in)
+                if k > 1:
+                    ranked = _particle_losses(loss_fn, pictures * k)
                 shown = images.detach().clone()
                 if scale > 0:
                     rms = grad.pow(2).mean(dim=tuple(range(1, grad.dim())), keepdim=True).sqrt().clamp(min=1e-12)
@@ -381,21 +428,25 @@ def guided_sample(model: DiffusionModel, loss_fn: Callable[..., torch.Tensor], n
                         eps = eps.detach() + shift
                         x0 = (x_in.detach() - (1 - ab).sqrt() * eps) / ab.sqrt()
                 out = model.join(eps.detach(), x0.detach(), ab)
-                x = sched.step(out, t, x.detach(), generator=rng).prev_sample if scheduler == "ddpm" else \
-                    sched.step(out, t, x.detach()).prev_sample
+                x = sched.step(out, t, x.detach(), **step_options).prev_sample
             if stopped:
                 break
+            if k > 1 and i < guided_steps:      # the search resamples where guidance acts
+                x = x[_resample(ranked.view(pictures, k))]
             losses.append(value)
             if frame_every and i % frame_every == 0:
-                frames.append(shown)
+                frames.append(_best_particles(shown, ranked, pictures) if k > 1 else shown)
             if callback is not None:
-                callback(StepInfo(i, value, shown, guidance_scale))
+                callback(StepInfo(i, value, _best_particles(shown, ranked, pictures) if k > 1 else shown,
+                                  guidance_scale))
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{value:.4f}")
         else:
             with torch.no_grad():
                 shown = model.decode(x).detach()
+            if k > 1:                           # the finished particles, ranked once more
+                ranked = per_image_loss(loss_fn, shown, seed)
     except (KeyboardInterrupt, StopSteering) as e:
         stopped = stop_reason(e, len(losses))
     finally:
@@ -404,7 +455,12 @@ def guided_sample(model: DiffusionModel, loss_fn: Callable[..., torch.Tensor], n
     if shown is None:
         with torch.no_grad():
             shown = model.decode(x).detach()
+        if k > 1:
+            ranked = per_image_loss(loss_fn, shown, seed)
     final = float(losses[-1]) if losses else math.inf
+    if k > 1:
+        chosen = ranked.view(pictures, k).min(dim=1).values
+        shown, final = _best_particles(shown, ranked, pictures), float(chosen.mean())
     provenance.update(best_step=len(losses) - 1, best_loss=final if math.isfinite(final) else None)
     return SteerResult(images=shown, last_images=shown, best_loss=final, best_step=len(losses) - 1, losses=losses,
                        steps=len(losses), stopped=stopped, seconds=time.perf_counter() - start,

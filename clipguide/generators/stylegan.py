@@ -665,6 +665,7 @@ class StyleGANLatent(Generator):
         # "random" noise is drawn once here, so forward() stays deterministic
         for i, n in enumerate(net.noise_inputs(batch, noise, generator)):
             self.register_buffer(f"noise_{i}", n, persistent=False)
+        self.from_image = init is not None
         if init is not None:
             images = check_init(init, size=(net.size, net.size), batch=batch)
             start = invert(net, images, steps=invert_steps, space=space, lr=invert_lr, noise=self.noise_inputs(),
@@ -680,6 +681,19 @@ class StyleGANLatent(Generator):
 
     def noise_inputs(self) -> list[torch.Tensor]:
         return [getattr(self, f"noise_{i}") for i in range(self.net.num_layers)]
+
+    def propose(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """n starts drawn as the random start is: truncated mappings of seeded z."""
+        param = next(self.net.parameters())
+        z = torch.randn(n, self.net.style_dim, generator=generator).to(param)
+        w = self.net.truncate(self.net.mapping(z), self.truncation)                   # (n, D)
+        return _expand(w, self.net.n_latent).clone() if self.space == "w+" else w
+
+    def decode(self, latent: torch.Tensor, index: int = 0) -> torch.Tensor:
+        # the noise is one tensor for the batch (const, zero) or one per picture (random)
+        noise = [x[index if x.shape[0] > 1 else 0][None].expand(latent.shape[0], *x.shape[1:])
+                 for x in self.noise_inputs()]
+        return to_unit(self.net.synthesis(_expand(latent, self.net.n_latent), noise=noise))
 
     def w_plus(self) -> torch.Tensor:
         """The latent as W+ (B, n_latent, D)."""

@@ -1,9 +1,13 @@
 """Training the world generators: a small VQGAN (autoencoder with a codebook), a small StyleGAN2
 (generator against a residual discriminator) and a small diffusers UNet (DDPM noise prediction), on
-pictures from any training data source (the procedural world by default).
+pictures from any training data source (the procedural world by default). A diffusers KL
+autoencoder (`autoencoder`) trains the same way; a diffusion run given one (`arch.vae`) denoises in
+its latent space and exports a latent pipeline (vae, unet, scheduler).
 
     clipguide train-generator diffusion --steps 3000 --out runs/gen-diffusion
     clipguide train-generator vqgan --set batch_size=16 --resume --out runs/gen-vqgan
+    clipguide train-generator autoencoder --out runs/gen-ae
+    clipguide train-generator diffusion --set arch.vae=runs/gen-ae/world-autoencoder --out runs/gen-ldm
 
 Every run logs metrics.jsonl, saves an atomic checkpoint every `save_every` steps (a killed run
 resumes where it stopped), and ends with the network exported in the format the generator adapters
@@ -25,7 +29,8 @@ from ..errors import ConfigError
 from ..typedconfig import check_fields
 from ..version import __version__
 
-FAMILIES = ("vqgan", "stylegan", "diffusion")
+FAMILIES = ("vqgan", "stylegan", "diffusion")          # the generators guidance steers
+TRAINABLE = FAMILIES + ("autoencoder",)                 # and the latent space a diffusion run may use
 
 # the architectures bundled with clipguide (64 px world pictures); `arch` overrides any field
 ARCHITECTURES: dict[str, dict[str, Any]] = {
@@ -35,13 +40,15 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
                  "feature_d": "", "feature_d_weight": 1.0},
     "diffusion": {"block_out_channels": [32, 64, 64], "layers_per_block": 1, "train_timesteps": 1000,
                   "attention": True, "norm_num_groups": 8, "beta_schedule": "linear", "prediction_type": "epsilon",
-                  "ema": 0.0},
+                  "ema": 0.0, "vae": ""},
+    "autoencoder": {"block_out_channels": [32, 64, 128], "layers_per_block": 1, "latent_channels": 4,
+                    "norm_num_groups": 16, "kl_weight": 1e-6},
 }
 # diffusion: the noise schedules and UNet targets training offers (the loader reads all three targets)
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 DEFAULTS = {"vqgan": {"lr": 4e-4, "batch_size": 32}, "stylegan": {"lr": 2e-3, "batch_size": 32},
-            "diffusion": {"lr": 5e-4, "batch_size": 32}}
+            "diffusion": {"lr": 5e-4, "batch_size": 32}, "autoencoder": {"lr": 4e-4, "batch_size": 32}}
 
 
 @dataclass
@@ -65,8 +72,8 @@ class GeneratorTrainConfig:
     model_card: str = ""
 
     def validate(self) -> "GeneratorTrainConfig":
-        if self.family not in FAMILIES:
-            raise ConfigError(f"family {self.family!r} is not one of {FAMILIES}")
+        if self.family not in TRAINABLE:
+            raise ConfigError(f"family {self.family!r} is not one of {TRAINABLE}")
         unknown = sorted(set(self.arch) - set(ARCHITECTURES[self.family]))
         if unknown:
             raise ConfigError(f"arch keys {unknown} are not {self.family} settings; they are "
@@ -86,6 +93,13 @@ class GeneratorTrainConfig:
                 raise ConfigError(f"arch.prediction_type {a['prediction_type']!r} is not one of {PREDICTION_TYPES}")
             if isinstance(a["ema"], bool) or not isinstance(a["ema"], (int, float)) or not 0 <= a["ema"] < 1:
                 raise ConfigError(f"arch.ema must be in [0, 1) (0: no moving average), got {a['ema']!r}")
+            if not isinstance(a["vae"], str):
+                raise ConfigError(f"arch.vae is an autoencoder folder (train-generator autoencoder exports one) "
+                                  f"or empty for a pixel UNet, got {a['vae']!r}")
+        if self.family == "autoencoder":
+            w = self.architecture["kl_weight"]
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
+                raise ConfigError(f"arch.kl_weight must be a number >= 0, got {w!r}")
         if self.family == "stylegan":
             a = self.architecture
             if not isinstance(a["feature_d"], str):
@@ -150,6 +164,9 @@ class _Family:
         source = {k: v.float() for k, v in network.state_dict().items()}
         for name in (n for n in self.init_targets if n in self.nets):
             _load_matching(self.nets[name], source, name)
+
+    def calibrate(self, x: torch.Tensor) -> None:
+        """Measure what the export records from training pictures x in [-1, 1] (nothing by default)."""
 
     def set_lr(self, lr: float) -> None:
         for opt in self.optims.values():
@@ -439,11 +456,104 @@ class _StyleGAN(_Family):
         return save_stylegan(self.ema, out / "world-stylegan.safetensors", dtype=torch.float16, metadata=metadata)
 
 
+class _Autoencoder(_Family):
+    """A diffusers AutoencoderKL (the Stable Diffusion autoencoder's layout) trained to reconstruct
+    pictures through a sampled latent: L1 + L2 reconstruction plus `kl_weight` times the KL
+    divergence of the latent distribution from N(0, 1) (summed over a picture's latent, averaged
+    over the batch). The export records the latents' scaling factor (1 / their standard deviation
+    on training pictures), so a diffusion model trained on them sees unit variance."""
+
+    init_targets = ("vae",)
+
+    def __init__(self, cfg: GeneratorTrainConfig, g: torch.Generator):
+        from .diffusion import _diffusers
+
+        a = cfg.architecture
+        chans = tuple(a["block_out_channels"])
+        torch.manual_seed(cfg.seed)                    # diffusers initialises with the global generator
+        self.vae = _diffusers().AutoencoderKL(
+            in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * len(chans),
+            up_block_types=("UpDecoderBlock2D",) * len(chans), block_out_channels=chans,
+            layers_per_block=a["layers_per_block"], latent_channels=a["latent_channels"],
+            norm_num_groups=a["norm_num_groups"], sample_size=cfg.size)
+        self.kl_weight = float(a["kl_weight"])
+        self.nets = {"vae": self.vae}
+        self.optims = {"vae": torch.optim.Adam(self.vae.parameters(), lr=cfg.lr, betas=(0.5, 0.9))}
+        self.g = g
+        self.scaling = 1.0
+
+    def step(self, x: torch.Tensor, step: int) -> dict[str, float]:
+        with self.autocast():
+            moments = self.vae.quant_conv(self.vae.encoder(x)).float() if self.vae.quant_conv is not None \
+                else self.vae.encoder(x).float()
+        mean, logvar = moments.chunk(2, dim=1)
+        logvar = logvar.clamp(-30.0, 20.0)
+        z = mean + (0.5 * logvar).exp() * torch.randn(mean.shape, generator=self.g)
+        with self.autocast():
+            rec = self.vae.decode(z).sample.float()
+        l1, l2 = (rec - x).abs().mean(), F.mse_loss(rec, x)
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).flatten(1).sum(1).mean()
+        loss = l1 + l2 + self.kl_weight * kl
+        opt = self.optims["vae"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return {"loss": loss.item(), "l1": l1.item(), "kl": kl.item()}
+
+    @torch.no_grad()
+    def calibrate(self, x: torch.Tensor) -> None:
+        self.vae.eval()
+        std = float(self.vae.encode(x).latent_dist.mean.std())
+        self.vae.train()
+        self.scaling = 1.0 / max(std, 1e-6)
+
+    @torch.no_grad()
+    def samples(self, x: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
+        """Training pictures (rows 1, 3, ...) above their reconstructions (rows 2, 4, ...)."""
+        self.vae.eval()
+        k = min(n // 2, x.shape[0])
+        rec = self.vae.decode(self.vae.encode(x[:k]).latent_dist.mean).sample
+        self.vae.train()
+        rows = [t for i in range(0, k, 8) for t in (x[i:i + 8], rec[i:i + 8])]
+        return torch.cat(rows).clamp(-1, 1)
+
+    def export(self, out: Path, metadata: dict[str, str]) -> Path:
+        """A diffusers AutoencoderKL folder (config.json with the scaling factor, fp16 weights)."""
+        import copy
+
+        from ..atomic import atomic_write_text
+
+        root = out / "world-autoencoder"
+        vae = copy.deepcopy(self.vae).to(torch.float16)
+        vae.register_to_config(scaling_factor=self.scaling)
+        vae.save_pretrained(root, safe_serialization=True)
+        atomic_write_text(root / "clipguide.json", json.dumps({"clipguide_version": __version__, **metadata}, indent=2))
+        return root
+
+
+def load_autoencoder(path: str | Path) -> nn.Module:
+    """A diffusers autoencoder folder (AutoencoderKL or VQModel: config.json and weights), frozen, fp32."""
+    from .base import freeze
+    from .diffusion import _AUTOENCODERS, _diffusers
+
+    root = Path(path)
+    config = root / "config.json"
+    if not config.is_file():
+        raise ConfigError(f"no autoencoder at '{root}': arch.vae is a diffusers autoencoder folder with config.json "
+                          "(`clipguide train-generator autoencoder` exports one as RUN/world-autoencoder)")
+    kind = json.loads(config.read_text()).get("_class_name")
+    if kind not in _AUTOENCODERS:
+        raise ConfigError(f"'{root}' holds a {kind}, not an autoencoder ({', '.join(_AUTOENCODERS)})")
+    return freeze(getattr(_diffusers(), kind).from_pretrained(root, local_files_only=True).float())
+
+
 class _Diffusion(_Family):
     """A diffusers UNet2DModel trained with the plain mean squared error on DDPM noisy pictures
     (`train_timesteps` steps, `beta_schedule`), predicting the noise, the clean picture or v
     (`prediction_type`). With `ema` > 0 an exponential moving average of the weights is kept; it
-    makes the samples and is what is exported."""
+    makes the samples and is what is exported. With `vae` (an autoencoder folder) the UNet
+    denoises the autoencoder's scaled latents (the means of its latent distributions, as the
+    adapter encodes pictures) and the export is a latent pipeline that carries the autoencoder."""
 
     init_targets = ("unet", "ema")
 
@@ -457,12 +567,21 @@ class _Diffusion(_Family):
         up = ["UpBlock2D"] * len(chans)
         if a["attention"]:
             down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
+        self.vae = load_autoencoder(a["vae"]) if a["vae"] else None
+        side, channels = cfg.size, 3
+        if self.vae is not None:
+            factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+            if cfg.size % factor:
+                raise ConfigError(f"size {cfg.size} is not a multiple of the autoencoder's factor {factor}")
+            side, channels = cfg.size // factor, self.vae.config.latent_channels
         torch.manual_seed(cfg.seed)                    # diffusers initialises with the global generator
-        self.unet = d.UNet2DModel(sample_size=cfg.size, in_channels=3, out_channels=3, block_out_channels=chans,
+        self.unet = d.UNet2DModel(sample_size=side, in_channels=channels, out_channels=channels,
+                                  block_out_channels=chans,
                                   layers_per_block=a["layers_per_block"], down_block_types=tuple(down),
                                   up_block_types=tuple(up), norm_num_groups=a["norm_num_groups"])
+        # pixels live in [-1, 1]; latents do not, so their predictions are not clipped
         self.scheduler = d.DDPMScheduler(num_train_timesteps=a["train_timesteps"], beta_schedule=a["beta_schedule"],
-                                         prediction_type=a["prediction_type"], clip_sample=True)
+                                         prediction_type=a["prediction_type"], clip_sample=self.vae is None)
         self.nets = {"unet": self.unet}
         self.ema_decay = float(a["ema"])
         if self.ema_decay:
@@ -476,8 +595,16 @@ class _Diffusion(_Family):
     def _final(self):                                  # the network that samples and is exported
         return self.nets.get("ema", self.unet)
 
+    def _model(self, unet: nn.Module):
+        from .diffusion import DiffusionModel
+
+        return DiffusionModel(unet=unet, scheduler=self.scheduler, vae=self.vae)
+
     def step(self, x: torch.Tensor, step: int) -> dict[str, float]:
         n = x.shape[0]
+        if self.vae is not None:
+            with torch.no_grad(), self.autocast():
+                x = self._model(self.unet).encode((x + 1) / 2).float()
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (n,), generator=self.g)
         noise = torch.randn(x.shape, generator=self.g)
         noisy = self.scheduler.add_noise(x, noise, t)
@@ -501,15 +628,16 @@ class _Diffusion(_Family):
 
     @torch.no_grad()
     def samples(self, x: torch.Tensor, n: int, g: torch.Generator, steps: int = 50) -> torch.Tensor:
-        from .diffusion import DiffusionModel, ddim_sample
+        from .diffusion import ddim_sample
 
         net = self._final
         net.eval()
-        model = DiffusionModel(unet=net, scheduler=self.scheduler)
-        noise = torch.randn(n, 3, x.shape[-2], x.shape[-1], generator=g)
-        out = ddim_sample(model, noise, steps)
+        model = self._model(net)
+        side = net.config.sample_size
+        noise = torch.randn(n, net.config.in_channels, side, side, generator=g)
+        out = model.decode(ddim_sample(model, noise, steps)) * 2 - 1
         net.train()
-        return out.clamp(-1, 1)
+        return out
 
     def export(self, out: Path, metadata: dict[str, str]) -> Path:
         """A diffusers pipeline directory (model_index.json, unet/, scheduler/), weights in fp16."""
@@ -522,8 +650,13 @@ class _Diffusion(_Family):
         unet = copy.deepcopy(self._final).to(torch.float16)
         unet.save_pretrained(root / "unet", safe_serialization=True)
         self.scheduler.save_pretrained(root / "scheduler")
-        index = {"_class_name": "DDPMPipeline", "_diffusers_version": _diffusers_version(),
+        # a pixel UNet is diffusers' DDPMPipeline; a latent one keeps Stable Diffusion's component names
+        index = {"_class_name": "DDPMPipeline" if self.vae is None else "LatentDiffusionPipeline",
+                 "_diffusers_version": _diffusers_version(),
                  "unet": ["diffusers", "UNet2DModel"], "scheduler": ["diffusers", "DDPMScheduler"]}
+        if self.vae is not None:
+            copy.deepcopy(self.vae).to(torch.float16).save_pretrained(root / "vae", safe_serialization=True)
+            index["vae"] = ["diffusers", type(self.vae).__name__]
         atomic_write_text(root / "model_index.json", json.dumps(index, indent=2))
         atomic_write_text(root / "clipguide.json", json.dumps({"clipguide_version": __version__, **metadata}, indent=2))
         return root
@@ -535,7 +668,7 @@ def _diffusers_version() -> str:
     return diffusers.__version__
 
 
-_FAMILIES = {"vqgan": _VQGAN, "stylegan": _StyleGAN, "diffusion": _Diffusion}
+_FAMILIES = {"vqgan": _VQGAN, "stylegan": _StyleGAN, "diffusion": _Diffusion, "autoencoder": _Autoencoder}
 
 
 # ------------------------------------------------------------------------------------------------ loop
@@ -622,6 +755,10 @@ def _init_network(cfg: GeneratorTrainConfig) -> nn.Module:
     """The network `cfg.init` names, loaded as its family's adapter loads it."""
     from . import load_network
 
+    if cfg.family == "autoencoder":
+        if cfg.init == "bundled":
+            raise ConfigError("no autoencoder is bundled: init= takes an autoencoder folder")
+        return load_autoencoder(cfg.init)
     network = load_network(cfg.family, None if cfg.init == "bundled" else cfg.init)
     if cfg.family == "diffusion":
         sched = network.scheduler.config
@@ -631,8 +768,10 @@ def _init_network(cfg: GeneratorTrainConfig) -> nn.Module:
                 raise ConfigError(f"init network was trained with {key}={sched.get(key)!r}, this run has "
                                   f"{mine!r}: set arch.{'train_timesteps' if key == 'num_train_timesteps' else key} "
                                   "to match")
-        if network.vae is not None:
-            raise ConfigError("init network is a latent pipeline (it has a VAE); training starts only from pixel UNets")
+        if (network.vae is not None) != bool(cfg.architecture["vae"]):
+            raise ConfigError("init network is a latent pipeline (it has a VAE) and this run trains a pixel UNet"
+                              if network.vae is not None else
+                              "init network is a pixel UNet and this run trains in an autoencoder's latent space")
         return network.unet
     return network
 
@@ -651,9 +790,11 @@ def _export(cfg: GeneratorTrainConfig, family: _Family, stream, run: Path, dest:
     dest.mkdir(parents=True, exist_ok=True)
     meta = {"family": cfg.family, "steps": str(step), "train_minutes": f"{seconds / 60:.1f}",
             "training": json.dumps(asdict(cfg), sort_keys=True), "command": command_line(cfg)}
-    path = family.export(dest, meta)
     images, _ = stream.batch(0)
-    _sheet(family, images.float() / 127.5 - 1.0, dest / "samples.png")
+    x = images.float() / 127.5 - 1.0
+    family.calibrate(x)
+    path = family.export(dest, meta)
+    _sheet(family, x, dest / "samples.png")
     _card(cfg, family, run, path, seconds, dest, step)
     return path
 
@@ -668,7 +809,7 @@ def _sheet(family: _Family, x: torch.Tensor, path: Path, n: int = 32) -> None:
     save_image(grid, path)
 
 
-EXPORTED = {"vqgan": "vqgan", "stylegan": "ema", "diffusion": "unet"}      # the network each family ships
+EXPORTED = {"vqgan": "vqgan", "stylegan": "ema", "diffusion": "unet", "autoencoder": "vae"}   # what each ships
 
 
 def _load_matching(net: nn.Module, source: dict[str, torch.Tensor], name: str) -> None:

@@ -699,6 +699,7 @@ class VQGANLatent(Generator):
             raise InputError(f"size {(h, w)} must be a multiple of the VQGAN's factor {f}")
         self.net = freeze(net)
         self.size = (h, w)
+        self.from_image = init is not None
         codebook = net.codebook
         with torch.no_grad():
             if init is not None:
@@ -714,6 +715,15 @@ class VQGANLatent(Generator):
     def codes(self) -> torch.Tensor:
         """(B, h/f, w/f) indices of the code vectors the current latent decodes."""
         return self.net.codes(self.latent)
+
+    def propose(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """n starts drawn as the random start is: grids of random code vectors."""
+        f, codebook = self.net.factor, self.net.codebook
+        codes = torch.randint(len(codebook), (n, self.size[0] // f, self.size[1] // f), generator=generator)
+        return self.net.quantize.lookup(codes.to(codebook.device))
+
+    def decode(self, latent: torch.Tensor, index: int = 0) -> torch.Tensor:
+        return to_unit(self.net.decode(self.net.quantize_st(latent)))
 
     def forward(self) -> torch.Tensor:                                  # (B, 3, H, W) in [0, 1]
         return to_unit(self.net.decode(self.net.quantize_st(self.latent)))
