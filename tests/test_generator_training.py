@@ -78,6 +78,8 @@ def test_an_autoencoder_trains_and_a_diffusion_model_denoises_its_latents(autoen
     fam.start_from(T._init_network(again))
     exported = {k: v.float() for k, v in vae.state_dict().items()}
     assert all(torch.equal(v, exported[k]) for k, v in fam.vae.state_dict().items())
+    with pytest.raises(SystemExit, match="latent diffusion"):         # bundled only inside a pipeline
+        _bundle_tool().bundle_generator(autoencoder.parent)
     with pytest.raises(ConfigError, match="no autoencoder at"):
         T.train_generator(_cfg("diffusion", tmp_path / "none", arch={**TINY["diffusion"], "vae": str(tmp_path)}),
                           progress=False)

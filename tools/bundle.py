@@ -61,6 +61,9 @@ def bundle_generator(run: Path) -> None:
     from clipguide.generators import BUNDLED, load_network
 
     family = json.loads(_run_config(run).read_text())["family"]
+    if family not in BUNDLED:
+        sys.exit(f"{run} trained a {family}, which is bundled only inside the latent diffusion pipeline trained "
+                 "on it: bundle that diffusion run")
     asset = BUNDLED[family]
     export, card = run / asset, run / "MODEL_CARD.md"
     for f in (export, card):
