@@ -76,6 +76,10 @@ def check_init(init: torch.Tensor, size: tuple[int, int] | None = None, batch: i
     return x.contiguous()
 
 
+# the search draws its random starts from seed + this, apart from the steering's own draws
+SEARCH_SEED_OFFSET = 7919
+
+
 class Generator(nn.Module):
     """Base class of the adapters (see the module docstring). Subclasses set `family`, keep their
     latent as parameters, remember the starting latent in `start` and implement forward()."""
@@ -109,7 +113,8 @@ class Generator(nn.Module):
 
     def choose_start(self, loss_fn: Callable[..., torch.Tensor], search: int, seed: int = 0, chunk: int = 32
                      ) -> torch.Tensor:
-        """For each picture, score its current start and `search - 1` random ones (propose()) by
+        """For each picture, score its current latent (the seeded start, on a fresh generator) and
+        `search - 1` random ones (propose(), drawn from seed + SEARCH_SEED_OFFSET) by
         `loss_fn` on the decoded pictures, forward only, and start from the lowest. Every candidate
         is scored on the same augmented views. Returns the chosen starts' losses (B,)."""
         if isinstance(search, bool) or not isinstance(search, int) or search < 1:
@@ -123,7 +128,7 @@ class Generator(nn.Module):
         if len(params) != 1 or start is None:
             raise InputError(f"{type(self).__name__} cannot search its starts")
         latent = params[0]
-        rng = torch.Generator(device="cpu").manual_seed(int(seed) + 7919)
+        rng = torch.Generator(device="cpu").manual_seed(int(seed) + SEARCH_SEED_OFFSET)
         chosen = []
         with torch.no_grad():
             for b in range(latent.shape[0]):
@@ -143,8 +148,8 @@ class Generator(nn.Module):
             latent_weight: float = 0.0, strength: float = 1.0, search: int = 1, settings: dict | None = None,
             **kwargs):
         """Guided generation: optimise the latent with :func:`clipguide.steer` (see its options).
-        `search` > 1 first lets the loss choose each picture's start among that many (the seeded one
-        and random others; choose_start()). `latent_weight` > 0 adds that multiple of latent_l2() to
+        `search` > 1 first lets the loss choose each picture's start among that many (the current
+        latent, which is the seeded start on a fresh generator, and random others; choose_start()). `latent_weight` > 0 adds that multiple of latent_l2() to
         the loss (keeps an edit close). `strength` is for samplers (how far an edit re-noises its
         image); optimisation starts from the image itself and does not use it."""
         from ..guide.steer import steer
