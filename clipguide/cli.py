@@ -357,10 +357,11 @@ def _run_options(args) -> dict:
         if args.generator not in SEARCHING:
             raise InputError(f"--search needs a generator network to draw starts from ({', '.join(SEARCHING)}), "
                              f"not --generator {args.generator}")
+    searched = {"search": search} if search is not None else {}
     options = {name: getattr(args, name) for name in ("guidance_scale", "guidance_stop")
                if getattr(args, name, None) is not None}
     if not options:
-        return {"search": search} if search is not None else {}
+        return searched
     flag = "--" + next(iter(options)).replace("_", "-")
     if getattr(args, "what", "guided") == "zero-shot":
         raise InputError(f"{flag} is for 'eval guided' and 'eval edits', not zero-shot evaluation")
@@ -370,7 +371,7 @@ def _run_options(args) -> dict:
         check_guidance(**options)
     except InputError as e:
         raise InputError(f"--guidance-scale / --guidance-stop: {e}") from None
-    return {**options, "search": search} if search is not None else options
+    return {**options, **searched}
 
 
 def cmd_edit(args) -> int:

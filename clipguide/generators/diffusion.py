@@ -394,7 +394,7 @@ def guided_sample(model: DiffusionModel, loss_fn: Callable[..., torch.Tensor], n
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=len(timesteps), desc="diffusion", unit="step", dynamic_ncols=True, leave=False)
-    losses, frames, stopped, shown = [], [], None, None
+    losses, frames, stopped, shown, ranked, finished = [], [], None, None, None, False
     start = time.perf_counter()
     try:
         for i, t in enumerate(timesteps):
@@ -445,8 +445,7 @@ def guided_sample(model: DiffusionModel, loss_fn: Callable[..., torch.Tensor], n
         else:
             with torch.no_grad():
                 shown = model.decode(x).detach()
-            if k > 1:                           # the finished particles, ranked once more
-                ranked = per_image_loss(loss_fn, shown, seed)
+            finished = True
     except (KeyboardInterrupt, StopSteering) as e:
         stopped = stop_reason(e, len(losses))
     finally:
@@ -455,8 +454,8 @@ def guided_sample(model: DiffusionModel, loss_fn: Callable[..., torch.Tensor], n
     if shown is None:
         with torch.no_grad():
             shown = model.decode(x).detach()
-        if k > 1:
-            ranked = per_image_loss(loss_fn, shown, seed)
+    if k > 1 and (finished or ranked is None):  # finished particles (or none ranked yet): rank them now
+        ranked = per_image_loss(loss_fn, shown, seed)
     final = float(losses[-1]) if losses else math.inf
     if k > 1:
         chosen = ranked.view(pictures, k).min(dim=1).values

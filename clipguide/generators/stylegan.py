@@ -660,7 +660,6 @@ class StyleGANLatent(Generator):
             net = load_stylegan(net)
         self.net = freeze(net)
         self.space, self.truncation = space, truncation
-        param = next(net.parameters())
         self.noise_mode = noise
         # "random" noise is drawn once here, so forward() stays deterministic
         for i, n in enumerate(net.noise_inputs(batch, noise, generator)):
@@ -672,18 +671,16 @@ class StyleGANLatent(Generator):
                            progress=progress)
         else:
             with torch.no_grad():
-                z = torch.randn(batch, net.style_dim, generator=generator).to(param)
-                start = net.truncate(net.mapping(z), truncation)                       # (B, D)
-                if space == "w+":
-                    start = _expand(start, net.n_latent).clone()                       # (B, n_latent, D)
+                start = self.propose(batch, generator)                # (B, D) in W, (B, n_latent, D) in W+
         self.latent = nn.Parameter(start.detach().clone())
         self.register_buffer("start", start.detach().clone(), persistent=False)
 
     def noise_inputs(self) -> list[torch.Tensor]:
         return [getattr(self, f"noise_{i}") for i in range(self.net.num_layers)]
 
-    def propose(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """n starts drawn as the random start is: truncated mappings of seeded z."""
+    def propose(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
+        """n random starts (the seeded start is one of them): truncated mappings of z drawn from
+        `generator`, expanded to W+ in that space."""
         param = next(self.net.parameters())
         z = torch.randn(n, self.net.style_dim, generator=generator).to(param)
         w = self.net.truncate(self.net.mapping(z), self.truncation)                   # (n, D)

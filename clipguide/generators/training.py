@@ -484,10 +484,8 @@ class _Autoencoder(_Family):
 
     def step(self, x: torch.Tensor, step: int) -> dict[str, float]:
         with self.autocast():
-            moments = self.vae.quant_conv(self.vae.encoder(x)).float() if self.vae.quant_conv is not None \
-                else self.vae.encoder(x).float()
-        mean, logvar = moments.chunk(2, dim=1)
-        logvar = logvar.clamp(-30.0, 20.0)
+            posterior = self.vae.encode(x).latent_dist
+        mean, logvar = posterior.mean.float(), posterior.logvar.float()
         z = mean + (0.5 * logvar).exp() * torch.randn(mean.shape, generator=self.g)
         with self.autocast():
             rec = self.vae.decode(z).sample.float()

@@ -706,9 +706,7 @@ class VQGANLatent(Generator):
                 x = check_init(init, (h, w), batch).to(codebook)
                 start = net.encode(from_unit(x))                        # (B, embed_dim, h/f, w/f)
             else:
-                device = generator.device if generator is not None else "cpu"
-                codes = torch.randint(len(codebook), (batch, h // f, w // f), generator=generator, device=device)
-                start = net.quantize.lookup(codes.to(codebook.device))  # (B, embed_dim, h/f, w/f)
+                start = self.propose(batch, generator)                  # (B, embed_dim, h/f, w/f)
         self.latent = nn.Parameter(start.clone())
         self.register_buffer("start", start.clone(), persistent=False)
 
@@ -716,14 +714,16 @@ class VQGANLatent(Generator):
         """(B, h/f, w/f) indices of the code vectors the current latent decodes."""
         return self.net.codes(self.latent)
 
-    def propose(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """n starts drawn as the random start is: grids of random code vectors."""
+    def propose(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
+        """n random starts (the seeded start is one of them): grids of code vectors drawn from `generator`."""
         f, codebook = self.net.factor, self.net.codebook
-        codes = torch.randint(len(codebook), (n, self.size[0] // f, self.size[1] // f), generator=generator)
+        device = generator.device if generator is not None else "cpu"
+        codes = torch.randint(len(codebook), (n, self.size[0] // f, self.size[1] // f), generator=generator,
+                              device=device)
         return self.net.quantize.lookup(codes.to(codebook.device))
 
     def decode(self, latent: torch.Tensor, index: int = 0) -> torch.Tensor:
         return to_unit(self.net.decode(self.net.quantize_st(latent)))
 
     def forward(self) -> torch.Tensor:                                  # (B, 3, H, W) in [0, 1]
-        return to_unit(self.net.decode(self.net.quantize_st(self.latent)))
+        return self.decode(self.latent)
