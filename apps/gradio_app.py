@@ -40,6 +40,7 @@ class AppConfig:
     max_steps: int = 300
     max_size: int = 256
     max_cutouts: int = 32
+    max_search: int = 64                                         # starts the guide may choose among
     max_upload_mb: float = 8.0
     max_upload_pixels: int = 4096 * 4096
     concurrency: int = 1
@@ -51,7 +52,8 @@ class AppConfig:
 
     def __post_init__(self):
         self.out_dir = Path(self.out_dir).resolve()
-        for name in ("max_steps", "max_size", "max_cutouts", "concurrency", "queue_size", "preview_every"):
+        for name in ("max_steps", "max_size", "max_cutouts", "max_search", "concurrency", "queue_size",
+                     "preview_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -216,14 +218,19 @@ def _status(step: int, total: int, started: float) -> str:
 
 
 # --- the two actions, as generators that yield previews ------------------------------------------
-def generate(models: Models, config: AppConfig, prompt, generator, model, steps, cutouts, seed, size, gallery,
-             progress=None):
-    """Yields (preview, status, gallery, png, gif) as the run goes; the last one carries the result."""
+def generate(models: Models, config: AppConfig, prompt, generator, model, steps, cutouts, seed, size, search,
+             gallery, progress=None):
+    """Yields (preview, status, gallery, png, gif) as the run goes; the last one carries the result.
+    `search` > 1: the guide first chooses the start among that many random ones (trained generators)."""
     prompt = check_prompt(prompt)
     steps = _int_in(steps, "steps", 1, config.max_steps)
     cutouts = _int_in(cutouts, "cutouts", 1, config.max_cutouts)
     seed = _int_in(seed, "seed", 0, 2**31 - 1)
     size = _int_in(size, "size", 16, config.max_size)
+    search = _int_in(search, "search", 1, config.max_search)
+    if search > 1 and generator not in clipguide.SEARCHING:
+        raise RequestError(f"search needs a generator that draws random starts ({', '.join(clipguide.SEARCHING)}); "
+                           f"set search to 1 for {generator}")
     clip = models.clip(model)
     network = models.network(generator)
     every = max(1, min(config.preview_every, steps // 4 or 1))
@@ -231,7 +238,7 @@ def generate(models: Models, config: AppConfig, prompt, generator, model, steps,
     def work(callback):
         return clipguide.generate_image(clip, prompt, generator=generator, network=network, size=size, steps=steps,
                                         cutouts=cutouts, seed=seed, progress=False, frame_every=every,
-                                        callback=callback)
+                                        callback=callback, run_options={"search": search} if search > 1 else None)
 
     yield from _drive(Job(work, every), config, steps, gallery, progress)
 
@@ -335,6 +342,8 @@ def build_app(config: AppConfig | None = None, models: Models | None = None):
                     with gr.Row():
                         seed = gr.Number(0, precision=0, label="seed")
                         size = gr.Slider(16, config.max_size, value=min(64, config.max_size), step=8, label="size")
+                    search = gr.Slider(1, config.max_search, value=1, step=1,
+                                       label="search: starts the guide chooses among (vqgan, stylegan, diffusion)")
                     with gr.Row():
                         go = gr.Button("Generate", variant="primary", elem_id="generate")
                         stop = gr.Button("Cancel", elem_id="cancel")
@@ -346,7 +355,8 @@ def build_app(config: AppConfig | None = None, models: Models | None = None):
                     gif = gr.File(label="timelapse")
             gallery = gr.Gallery(label="results (this session)", columns=8, height=220, object_fit="contain",
                                  elem_id="gallery")
-            run = go.click(wrap(generate), [prompt, generator, model, steps, cutouts, seed, size, gallery_state],
+            run = go.click(wrap(generate), [prompt, generator, model, steps, cutouts, seed, size, search,
+                                        gallery_state],
                            [preview, status, gallery_state, png, gif], api_name="generate",
                            concurrency_id="steer")
             stop.click(None, None, None, cancels=[run], api_name="cancel")
@@ -410,6 +420,8 @@ def parse_args(argv=None) -> tuple[AppConfig, argparse.Namespace]:
     p.add_argument("--max-steps", type=int, default=300, help="most steps one request may ask for (default 300)")
     p.add_argument("--max-size", type=int, default=256, help="largest picture side in pixels (default 256)")
     p.add_argument("--max-cutouts", type=int, default=32, help="most cutouts per step (default 32)")
+    p.add_argument("--max-search", type=int, default=64,
+                   help="most random starts the guide may choose among (default 64)")
     p.add_argument("--max-upload-mb", type=float, default=8.0, help="largest upload in MB (default 8)")
     p.add_argument("--concurrency", type=int, default=1, help="requests run at once (default 1)")
     p.add_argument("--queue-size", type=int, default=8, help="requests waiting at most; more get 'queue full'")
@@ -427,7 +439,8 @@ def parse_args(argv=None) -> tuple[AppConfig, argparse.Namespace]:
 
     config = AppConfig(out_dir=Path(args.out), models=pairs(args.model, "--model"),
                        generator_models=pairs(args.generator_model, "--generator-model"), max_steps=args.max_steps,
-                       max_size=args.max_size, max_cutouts=args.max_cutouts, max_upload_mb=args.max_upload_mb,
+                       max_size=args.max_size, max_cutouts=args.max_cutouts, max_search=args.max_search,
+                       max_upload_mb=args.max_upload_mb,
                        concurrency=args.concurrency, queue_size=args.queue_size, threads=args.threads)
     return config, args
 

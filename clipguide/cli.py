@@ -346,6 +346,7 @@ def _run_options(args) -> dict:
     """Options of the generator's run(): the search among starts, the diffusion guidance scale and
     guidance stop."""
     from clipguide.errors import InputError
+    from clipguide.generators import SEARCHING
     from clipguide.generators.diffusion import check_guidance
 
     search = getattr(args, "search", None)
@@ -403,10 +404,6 @@ def _add_generator_args(p: argparse.ArgumentParser, default: str = "fourier") ->
     p.add_argument("--space", choices=["w", "w+"], default="w+", help="stylegan: latent space (default w+)")
     p.add_argument("--truncation", type=float, default=0.7, help="stylegan: truncation of the start (default 0.7)")
     _add_guidance_scale(p)
-
-
-# the generators whose run() can search among random starts (their networks draw them)
-SEARCHING = ("vqgan", "stylegan", "diffusion")
 
 
 def _add_search(p: argparse.ArgumentParser) -> None:

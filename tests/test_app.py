@@ -90,7 +90,8 @@ def client(app):
 
 
 def _generate(client, prompt="a red star on a blue background", steps=8, **kw):
-    args = dict(prompt=prompt, generator="fourier", model="default", steps=steps, cutouts=4, seed=0, size=64)
+    args = dict(prompt=prompt, generator="fourier", model="default", steps=steps, cutouts=4, seed=0, size=64,
+                search=1)
     args.update(kw)
     return client.predict(*args.values(), api_name="/generate")
 
@@ -119,6 +120,16 @@ def test_generate_returns_a_png_with_provenance(app, client):
         assert full.size == (64, 64)
         assert im.size == (256, 256)                           # shown enlarged, pixels kept
         assert im.resize((64, 64), Image.NEAREST).tobytes() == full.convert("RGB").tobytes()
+
+
+def test_search_chooses_a_start_for_a_trained_generator(client):
+    searched = _generate(client, "a red circle", generator="stylegan", steps=2, seed=1, search=8)
+    plain = _generate(client, "a red circle", generator="stylegan", steps=2, seed=1)
+    assert searched[1].startswith("done: 2 steps")
+    assert _provenance(searched[2])["search"] == 8
+    assert "search" not in _provenance(plain[2])
+    with Image.open(searched[2]) as x, Image.open(plain[2]) as y:
+        assert x.tobytes() != y.tobytes()          # the guide chose another start than the seeded one
 
 
 def test_same_seed_same_picture(client):
@@ -162,6 +173,8 @@ def test_edit_an_uploaded_picture(client, tmp_path):
     (dict(generator="stylegan-xl"), "not in the list of choices|not available"),
     (dict(prompt="a cat | | a dog"), "could not be read"),
     (dict(prompt="a cat:0 | a dog:0"), "could not be read"),
+    (dict(search=4), "search needs a generator that draws random starts"),     # Fourier has no random starts
+    (dict(generator="stylegan", search=1000), "maximum value 64|search must be between"),
 ])
 def test_bad_generate_inputs_get_a_clear_message_and_the_app_stays_up(app, client, kwargs, message):
     with pytest.raises(Exception) as e:
@@ -198,7 +211,7 @@ def test_bad_uploads_are_refused_clearly(app, client, tmp_path):
 
 
 def test_cancel_stops_the_run(app, client):
-    job = client.submit("a yellow circle", "fourier", "default", 200, 8, 0, 96, api_name="/generate")
+    job = client.submit("a yellow circle", "fourier", "default", 200, 8, 0, 96, 1, api_name="/generate")
     deadline = time.time() + 60
     while not job.outputs() and time.time() < deadline:      # wait for the first preview
         time.sleep(0.1)
@@ -223,7 +236,7 @@ def test_twenty_clients_at_once_are_served_or_told_the_queue_is_full(app):
     def one(k):
         c = Client(app.url, verbose=False)
         try:
-            out = c.predict("a purple square", "fourier", "default", 20, 4, k, 64, api_name="/generate")
+            out = c.predict("a purple square", "fourier", "default", 20, 4, k, 64, 1, api_name="/generate")
             return "served" if out[1].startswith("done") else f"odd: {out[1]}"
         except Exception as e:                     # noqa: BLE001
             return "full" if "queue" in str(e).lower() and "full" in str(e).lower() else f"error: {e}"

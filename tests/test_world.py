@@ -598,6 +598,69 @@ def test_alike_twins_take_the_closest_shapes():
     assert all(plain.caption(2 * k) == alike.caption(2 * k) for k in range(50))
 
 
+def test_moved_twins_change_only_place_or_size():
+    from clipguide.world import World
+    from clipguide.world.vocab import position_of, size_of_radius
+
+    moved = World(seed=4, twins=1.0, moved=1.0, kinds={"object": 1})
+    half = World(seed=4, twins=1.0, moved=0.5, kinds={"object": 1})
+    changes = {"position": 0, "size": 0}
+    other = 0
+    for k in range(200):
+        a, b = moved.attrs(2 * k), moved.attrs(2 * k + 1)
+        assert (a["colour"], a["shape"], a["background"]) == (b["colour"], b["shape"], b["background"])
+        changed = [key for key in ("position", "size") if a[key] != b[key]]
+        assert len(changed) == 1, (a["detailed"], b["detailed"])
+        changes[changed[0]] += 1
+        # the caption's words agree with the drawn shape
+        shape = moved.spec(2 * k + 1).shapes[0]
+        assert (position_of(shape.cx, shape.cy), size_of_radius(shape.r)) == (b["position"], b["size"])
+        a, b = half.attrs(2 * k), half.attrs(2 * k + 1)
+        other += a["colour"] != b["colour"] or a["shape"] != b["shape"]
+    assert min(changes.values()) > 60
+    assert 60 < other < 140          # at 0.5 about half the twins still change colour or shape
+    # the option draws nothing when it is off: the stream is the one without it
+    base, off = World(seed=4, twins=1.0), World(seed=4, twins=1.0, moved=0.0, alike_scenes=0.0)
+    assert all(base.caption(i) == off.caption(i) for i in range(200))
+
+
+def test_alike_scene_twins_stay_in_the_family():
+    from clipguide.world import World
+    from clipguide.world.heldout import is_heldout
+    from clipguide.world.sampling import scene_pairs
+    from clipguide.world.vocab import SCENE_FAMILY
+
+    def pairs(w):
+        """For each twin with another object that has a partner of its family to go to: whether
+        it went there."""
+        out = []
+        for k in range(300):
+            a, b = w.attrs(2 * k), w.attrs(2 * k + 1)
+            assert not is_heldout(b)
+            if not (a.get("object") and b.get("object")) or a["object"] == b["object"]:
+                continue
+            cond = b.get("condition")
+            partners = [o for o, c in scene_pairs("train") if (cond is None or c == cond)
+                        and o != a["object"] and SCENE_FAMILY[o] == SCENE_FAMILY[a["object"]]]
+            if partners:
+                out.append(SCENE_FAMILY[a["object"]] == SCENE_FAMILY[b["object"]])
+        return out
+
+    alike = pairs(World(seed=5, twins=1.0, alike_scenes=1.0, kinds={"scene": 1}))
+    plain = pairs(World(seed=5, twins=1.0, kinds={"scene": 1}))
+    assert len(alike) > 50 and len(plain) > 50
+    assert all(alike)
+    assert sum(plain) < 0.6 * len(plain)
+
+
+def test_twin_options_are_checked():
+    from clipguide.world import World
+
+    for name in ("moved", "alike_scenes"):
+        with pytest.raises(ConfigError, match=name):
+            World(**{name: 1.5})
+
+
 def test_negative_captions_change_exactly_one_attribute():
     from clipguide.world import World, parse_caption
 

@@ -105,6 +105,8 @@ def _diffusion(net, size, batch, init, rng, **kw):
 
 GENERATORS: dict[str, Callable[..., Generator]] = {
     "pixels": _pixels, "fourier": _fourier, "vqgan": _vqgan, "stylegan": _stylegan, "diffusion": _diffusion}
+# the families whose run() can search among random starts (their networks draw them)
+SEARCHING: tuple[str, ...] = ("vqgan", "stylegan", "diffusion")
 _LOADERS: dict[str, Callable[..., Any]] = {"vqgan": _load_vqgan, "stylegan": _load_stylegan,
                                            "diffusion": _load_diffusion}
 

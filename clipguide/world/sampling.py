@@ -18,8 +18,8 @@ from .scenes import DEFAULT_HORIZON, HORIZON_RANGE
 from .shapes import REACH, shape_overlap
 from .spec import BackgroundSpec, LandscapeSpec, SceneSpec, ShapeSpec
 from .vocab import (COLOURS, CONDITIONS, COUNTS, MIN_CONTRAST, NEUTRAL_BACKGROUND, PALETTE, POSITIONS, RGB,
-                    RELATIONS, SCENE_CLASSES, SCENE_OBJECTS, SHAPES, SIZE_RADIUS, SIZES, TEXTURE_TONES,
-                    colour_distance, size_of_radius)
+                    RELATIONS, SCENE_CLASSES, SCENE_FAMILY, SCENE_OBJECTS, SHAPES, SIZE_RADIUS, SIZES, TEXTURE_TONES,
+                    colour_distance, position_of, size_of_radius)
 
 SPLITS = ("train", "eval", "all")
 MARGIN = 0.05            # empty border around shapes, as a fraction of the image side
@@ -303,10 +303,14 @@ SAMPLERS = {
 
 # ---- twins: minimal edits that make in-batch hard negatives --------------------------------------
 
-def _twin_object(rng: Rng, spec: SceneSpec, split: str, jitter: float, alike: float = 0.0) -> SceneSpec:
+def _twin_object(rng: Rng, spec: SceneSpec, split: str, jitter: float, alike: float = 0.0,
+                 moved: float = 0.0) -> SceneSpec:
     """Same place, size and background; another colour (half the time) or another shape, with
-    chance `alike` one of the shapes most like it (`shape_overlap` within ALIKE_MARGIN of the closest)."""
+    chance `alike` one of the shapes most like it (`shape_overlap` within ALIKE_MARGIN of the closest).
+    With chance `moved`, instead the same colour and shape at another position or of another size."""
     s = spec.shapes[0]
+    if moved > 0 and rng.chance(moved):
+        return _moved_object(rng, spec)
     pairs = colour_shape_pairs(split)
     recolour = rng.chance(0.5)
     if recolour:
@@ -324,6 +328,19 @@ def _twin_object(rng: Rng, spec: SceneSpec, split: str, jitter: float, alike: fl
     colour, shape = rng.choice(options)
     rgb = jitter_colour(rng, colour, jitter) if colour != s.colour else s.rgb
     return SceneSpec("object", (ShapeSpec(colour, shape, s.cx, s.cy, s.r, rgb),), background=spec.background)
+
+
+def _moved_object(rng: Rng, spec: SceneSpec) -> SceneSpec:
+    """The object of `spec` at another named position (half the time) or of another size."""
+    s = spec.shapes[0]
+    position, size = position_of(s.cx, s.cy), size_of_radius(s.r)
+    if rng.chance(0.5):
+        position = rng.choice([p for p in POSITIONS if p != position])
+    else:
+        size = rng.choice([z for z in SIZES if z != size])
+    r = rng.uniform(*SIZE_RADIUS[size])
+    cx, cy = place(rng, position, r)
+    return SceneSpec("object", (dataclasses.replace(s, cx=cx, cy=cy, r=r),), background=spec.background)
 
 
 def _twin_count(rng: Rng, spec: SceneSpec, split: str, jitter: float) -> SceneSpec:
@@ -350,22 +367,34 @@ def _twin_relation(rng: Rng, spec: SceneSpec, split: str, jitter: float) -> Scen
                      background=spec.background)
 
 
-def _twin_scene(rng: Rng, spec: SceneSpec, split: str, jitter: float) -> SceneSpec:
+def _twin_scene(rng: Rng, spec: SceneSpec, split: str, jitter: float, alike: float = 0.0) -> SceneSpec:
     """Same object and layout under another condition (or another object in the same condition);
-    on a plain backdrop, another object on the same stage."""
+    on a plain backdrop, another object on the same stage. When the object changes, with chance
+    `alike` it becomes one of its own family (SCENE_FAMILY: a house for a church) if one fits."""
     land = spec.landscape
     if land.backdrop is not None:
-        obj = rng.choice([o for o in SCENE_OBJECTS if o != land.obj])
+        obj = rng.choice(_scene_alike(rng, land.obj, [o for o in SCENE_OBJECTS if o != land.obj], alike))
         return SceneSpec("scene", landscape=dataclasses.replace(land, obj=obj,
                                                                 horizon=_horizon_for(obj, land.horizon)))
     options = [(o, c) for o, c in scene_pairs(split) if o == land.obj and c != land.condition]
     if not options or rng.chance(0.5):
-        options = [(o, c) for o, c in scene_pairs(split) if c == land.condition and o != land.obj] or options
+        others = [(o, c) for o, c in scene_pairs(split) if c == land.condition and o != land.obj]
+        if others:
+            family = _scene_alike(rng, land.obj, [o for o, _ in others], alike)
+            options = [(o, c) for o, c in others if o in family]
     if not options:
         return spec
     obj, condition = rng.choice(options)
     return SceneSpec("scene", landscape=dataclasses.replace(land, obj=obj, condition=condition,
                                                             horizon=_horizon_for(obj, land.horizon)))
+
+
+def _scene_alike(rng: Rng, obj: str, objects: list[str], alike: float) -> list[str]:
+    """`objects`, narrowed with chance `alike` to those of `obj`'s family when any is there."""
+    if not obj or alike <= 0 or not rng.chance(alike):
+        return objects
+    family = [o for o in objects if SCENE_FAMILY.get(o) == SCENE_FAMILY.get(obj)]
+    return family or objects
 
 
 def _horizon_for(obj: str, horizon: float) -> float:
@@ -377,9 +406,14 @@ def _horizon_for(obj: str, horizon: float) -> float:
 TWINS = {"object": _twin_object, "count": _twin_count, "relation": _twin_relation, "scene": _twin_scene}
 
 
-def twin(rng: Rng, spec: SceneSpec, split: str, jitter: float, alike: float = 0.0) -> SceneSpec:
+def twin(rng: Rng, spec: SceneSpec, split: str, jitter: float, alike: float = 0.0,
+         moved: float = 0.0, alike_scenes: float = 0.0) -> SceneSpec:
     """A minimal edit of `spec` (one attribute changed) within the split's compositions; `alike`:
-    chance that an object's shape twin is the shape most like it."""
+    chance that an object's shape twin is the shape most like it; `moved`: chance that an object's
+    twin moves or changes size instead; `alike_scenes`: chance that a scene's object twin is one of
+    its own family."""
     if spec.kind == "object":
-        return _twin_object(rng, spec, split, jitter, alike)
+        return _twin_object(rng, spec, split, jitter, alike, moved)
+    if spec.kind == "scene":
+        return _twin_scene(rng, spec, split, jitter, alike_scenes)
     return TWINS[spec.kind](rng, spec, split, jitter)

@@ -70,6 +70,13 @@ SCENE_CONDITIONS: dict[str, tuple[str, ...]] = {
     "boat": ("day", "night"),
     "car": CONDITIONS,
 }
+# Families of scene objects that look alike (buildings; lights of the sky; things that stand
+# tall; vehicles): a scene twin with `alike_scenes` takes another object of its family.
+SCENE_FAMILY: dict[str, str] = {
+    "church": "building", "gothic church": "building", "house": "building",
+    "sun": "sky", "moon": "sky", "tree": "upright", "mountain": "upright",
+    "boat": "vehicle", "car": "vehicle",
+}
 SCENE_CLASSES: tuple[tuple[str, str], ...] = tuple(
     (obj, cond) for obj in SCENE_OBJECTS for cond in SCENE_CONDITIONS[obj])
 

@@ -51,7 +51,10 @@ class WorldConfig:
     landscape in winter'), so that conditions are learnt apart from the objects seen in them. The
     twin of an empty landscape is an object under the same condition. alike: chance that an
     object's twin with another shape takes the shape most like its own (a hexagon for a circle,
-    by the overlap of their masks) rather than any other shape: the hardest negatives."""
+    by the overlap of their masks) rather than any other shape: the hardest negatives. moved: chance
+    that an object's twin keeps its colour and shape and takes another position or size instead, so
+    that place and size are told apart too. alike_scenes: chance that a scene's twin with another
+    object takes one of its family (a house or a church for a gothic church; SCENE_FAMILY)."""
 
     seed: int = 0
     size: int = 64
@@ -66,6 +69,8 @@ class WorldConfig:
     relight: float = 0.0
     empty: float = 0.0
     alike: float = 0.0
+    moved: float = 0.0
+    alike_scenes: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("seed", "size", "length"):
@@ -90,7 +95,8 @@ class WorldConfig:
                 raise ConfigError(f"WorldConfig.kinds[{k!r}] must be a number >= 0, got {w!r}")
         if sum(self.kinds.values()) <= 0:
             raise ConfigError("WorldConfig.kinds: at least one kind needs a positive weight")
-        for name in ("texture_prob", "plain_prob", "jitter", "twins", "backdrops", "relight", "empty", "alike"):
+        for name in ("texture_prob", "plain_prob", "jitter", "twins", "backdrops", "relight", "empty", "alike",
+                     "moved", "alike_scenes"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
                 raise ConfigError(f"WorldConfig.{name} must be a number in [0, 1], got {v!r}")
@@ -158,7 +164,8 @@ class World:
         if cfg.twins > 0 and i % 2 == 1:
             rng = Rng(cfg.seed, i, _TWIN_STREAM)
             if rng.chance(cfg.twins):       # a minimal edit of sample i - 1: a hard negative beside it
-                return twin(rng, self.spec(i - 1), cfg.split, cfg.jitter, cfg.alike)
+                return twin(rng, self.spec(i - 1), cfg.split, cfg.jitter, cfg.alike, cfg.moved,
+                            cfg.alike_scenes)
         rng = Rng(cfg.seed, i, _SPEC_STREAM)
         kind = rng.weighted(self._kinds, self._weights)
         if kind == "scene":
