@@ -4,8 +4,9 @@
     python apps/gradio_app.py --model mine=/models/mine.safetensors --port 7860
 
 Two tabs. Generate: prompts with weights and negatives ("a gothic church:1 | blurry:-0.5"), a
-generator, a guide model, steps, cutouts, seed and size, with a live preview, a progress bar, a
-cancel button, a gallery and downloads (PNG with provenance, GIF timelapse). Edit: upload a picture,
+generator, a guide model, steps, cutouts, seed, size and a search among starts (trained generators),
+with a live preview, a progress bar, a cancel button, a gallery and downloads (PNG with provenance,
+GIF timelapse). Edit: upload a picture,
 describe the edit (optionally what it shows now, and a mask of where it may change), and how strongly
 the rest is kept.
 
