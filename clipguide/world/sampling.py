@@ -303,13 +303,23 @@ SAMPLERS = {
 
 # ---- twins: minimal edits that make in-batch hard negatives --------------------------------------
 
-def _twin_object(rng: Rng, spec: SceneSpec, split: str, jitter: float, alike: float = 0.0,
-                 moved: float = 0.0) -> SceneSpec:
+@dataclasses.dataclass(frozen=True)
+class TwinOptions:
+    """How twins are drawn (chances, see WorldConfig): `alike`, an object's shape twin is one of the
+    shapes most like its own; `moved`, an object's twin moves or changes size instead; `alike_scenes`,
+    a scene's twin with another object takes one of its family."""
+
+    alike: float = 0.0
+    moved: float = 0.0
+    alike_scenes: float = 0.0
+
+
+def _twin_object(rng: Rng, spec: SceneSpec, split: str, jitter: float, opts: TwinOptions) -> SceneSpec:
     """Same place, size and background; another colour (half the time) or another shape, with
     chance `alike` one of the shapes most like it (`shape_overlap` within ALIKE_MARGIN of the closest).
     With chance `moved`, instead the same colour and shape at another position or of another size."""
     s = spec.shapes[0]
-    if moved > 0 and rng.chance(moved):
+    if opts.moved > 0 and rng.chance(opts.moved):
         return _moved_object(rng, spec)
     pairs = colour_shape_pairs(split)
     recolour = rng.chance(0.5)
@@ -322,7 +332,7 @@ def _twin_object(rng: Rng, spec: SceneSpec, split: str, jitter: float, alike: fl
     options = [o for o in options if _contrast_ok(PALETTE[o[0]], tones, MIN_CONTRAST)]
     if not options:
         return spec
-    if not recolour and alike > 0 and rng.chance(alike):
+    if not recolour and opts.alike > 0 and rng.chance(opts.alike):
         closest = max(shape_overlap(s.shape, sh) for _, sh in options)
         options = [o for o in options if shape_overlap(s.shape, o[1]) >= closest - ALIKE_MARGIN]
     colour, shape = rng.choice(options)
@@ -343,7 +353,7 @@ def _moved_object(rng: Rng, spec: SceneSpec) -> SceneSpec:
     return SceneSpec("object", (dataclasses.replace(s, cx=cx, cy=cy, r=r),), background=spec.background)
 
 
-def _twin_count(rng: Rng, spec: SceneSpec, split: str, jitter: float) -> SceneSpec:
+def _twin_count(rng: Rng, spec: SceneSpec, split: str, jitter: float, opts: TwinOptions) -> SceneSpec:
     """Same colour, shape, size and background; another count."""
     s = spec.shapes[0]
     counts = [k for k, sh in count_shape_pairs(split) if sh == s.shape and k != len(spec.shapes)]
@@ -359,7 +369,7 @@ def _twin_count(rng: Rng, spec: SceneSpec, split: str, jitter: float) -> SceneSp
     return SceneSpec("count", shapes, background=spec.background)
 
 
-def _twin_relation(rng: Rng, spec: SceneSpec, split: str, jitter: float) -> SceneSpec:
+def _twin_relation(rng: Rng, spec: SceneSpec, split: str, jitter: float, opts: TwinOptions) -> SceneSpec:
     """The two shapes trade places: the relation reverses, everything else stays."""
     a, b = spec.shapes
     return SceneSpec("relation", (ShapeSpec(a.colour, a.shape, b.cx, b.cy, a.r, a.rgb),
@@ -367,11 +377,11 @@ def _twin_relation(rng: Rng, spec: SceneSpec, split: str, jitter: float) -> Scen
                      background=spec.background)
 
 
-def _twin_scene(rng: Rng, spec: SceneSpec, split: str, jitter: float, alike: float = 0.0) -> SceneSpec:
+def _twin_scene(rng: Rng, spec: SceneSpec, split: str, jitter: float, opts: TwinOptions) -> SceneSpec:
     """Same object and layout under another condition (or another object in the same condition);
     on a plain backdrop, another object on the same stage. When the object changes, with chance
-    `alike` it becomes one of its own family (SCENE_FAMILY: a house for a church) if one fits."""
-    land = spec.landscape
+    `alike_scenes` it becomes one of its own family (SCENE_FAMILY: a house for a church) if one fits."""
+    land, alike = spec.landscape, opts.alike_scenes
     if land.backdrop is not None:
         obj = rng.choice(_scene_alike(rng, land.obj, [o for o in SCENE_OBJECTS if o != land.obj], alike))
         return SceneSpec("scene", landscape=dataclasses.replace(land, obj=obj,
@@ -406,14 +416,7 @@ def _horizon_for(obj: str, horizon: float) -> float:
 TWINS = {"object": _twin_object, "count": _twin_count, "relation": _twin_relation, "scene": _twin_scene}
 
 
-def twin(rng: Rng, spec: SceneSpec, split: str, jitter: float, alike: float = 0.0,
-         moved: float = 0.0, alike_scenes: float = 0.0) -> SceneSpec:
-    """A minimal edit of `spec` (one attribute changed) within the split's compositions; `alike`:
-    chance that an object's shape twin is the shape most like it; `moved`: chance that an object's
-    twin moves or changes size instead; `alike_scenes`: chance that a scene's object twin is one of
-    its own family."""
-    if spec.kind == "object":
-        return _twin_object(rng, spec, split, jitter, alike, moved)
-    if spec.kind == "scene":
-        return _twin_scene(rng, spec, split, jitter, alike_scenes)
-    return TWINS[spec.kind](rng, spec, split, jitter)
+def twin(rng: Rng, spec: SceneSpec, split: str, jitter: float, opts: TwinOptions = TwinOptions()) -> SceneSpec:
+    """A minimal edit of `spec` (one attribute changed) within the split's compositions, drawn as
+    `opts` says."""
+    return TWINS[spec.kind](rng, spec, split, jitter, opts)

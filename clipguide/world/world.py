@@ -23,7 +23,7 @@ from .captions import canonical_caption, caption, detailed_caption
 from .raster import to_uint8
 from .render import check_size, render, render_array
 from .rng import Rng
-from .sampling import SAMPLERS, SPLITS, twin
+from .sampling import SAMPLERS, SPLITS, TwinOptions, twin
 from .spec import SceneSpec
 from .vocab import KINDS
 
@@ -164,8 +164,8 @@ class World:
         if cfg.twins > 0 and i % 2 == 1:
             rng = Rng(cfg.seed, i, _TWIN_STREAM)
             if rng.chance(cfg.twins):       # a minimal edit of sample i - 1: a hard negative beside it
-                return twin(rng, self.spec(i - 1), cfg.split, cfg.jitter, cfg.alike, cfg.moved,
-                            cfg.alike_scenes)
+                return twin(rng, self.spec(i - 1), cfg.split, cfg.jitter,
+                            TwinOptions(cfg.alike, cfg.moved, cfg.alike_scenes))
         rng = Rng(cfg.seed, i, _SPEC_STREAM)
         kind = rng.weighted(self._kinds, self._weights)
         if kind == "scene":
@@ -198,7 +198,7 @@ class World:
         text = self.caption(i)
         for attempt in range(16):       # the edit must show in the words (a scene caption may omit the condition)
             wrong = twin(Rng(self.config.seed, i, _NEGATIVE_STREAM, attempt), spec, self.config.split,
-                         self.config.jitter, self.config.alike)
+                         self.config.jitter, TwinOptions(alike=self.config.alike))
             negative = caption(ground_truth(wrong), Rng(self.config.seed, i, _CAPTION_STREAM))[0]
             if negative != text:
                 return negative
