@@ -653,10 +653,43 @@ def test_alike_scene_twins_stay_in_the_family():
     assert sum(plain) < 0.6 * len(plain)
 
 
+def test_twin_words_make_each_caption_false_of_the_other_picture():
+    from clipguide.world import World, parse_caption
+
+    def contradicted(text, other):
+        """Whether a stated attribute of `text` differs from the other picture's (read by the parser)."""
+        stated = parse_caption(text)
+        assert stated is not None, text
+        return any(k != "kind" and k in other and other[k] != v for k, v in stated.items())
+
+    opts = dict(seed=4, twins=1.0, moved=0.5, alike=1.0, kinds={"object": 0.5, "scene": 0.3, "count": 0.2})
+    worded, plain = World(**opts, twin_words=1.0), World(**opts)
+    counts = {"worded": 0, "plain": 0}
+    pairs = 0
+    for k in range(250):
+        a, b = worded.attrs(2 * k), worded.attrs(2 * k + 1)
+        assert worded.spec(2 * k) == plain.spec(2 * k) and worded.spec(2 * k + 1) == plain.spec(2 * k + 1)
+        if {**a, "template": 0, "index": 0} == {**b, "template": 0, "index": 0}:
+            continue                       # an edit that found no option: nothing to tell apart
+        pairs += 1
+        for w, name in ((worded, "worded"), (plain, "plain")):
+            counts[name] += contradicted(w.caption(2 * k), b) and contradicted(w.caption(2 * k + 1), a)
+    assert pairs > 200
+    assert counts["worded"] == pairs
+    assert counts["plain"] < 0.9 * pairs          # without the option many pairs read alike
+    # off, it draws nothing: the stream is the one without it
+    off = World(**opts, twin_words=0.0)
+    assert all(off.caption(i) == plain.caption(i) for i in range(300))
+    # a sample outside any twin pair keeps its caption
+    few = dict(opts, twins=0.3)
+    lone = [i for i in range(300) if World(**few)._partner(i) is None]
+    assert lone and all(World(**few, twin_words=1.0).caption(i) == World(**few).caption(i) for i in lone)
+
+
 def test_twin_options_are_checked():
     from clipguide.world import World
 
-    for name in ("moved", "alike_scenes"):
+    for name in ("moved", "alike_scenes", "twin_words"):
         with pytest.raises(ConfigError, match=name):
             World(**{name: 1.5})
 

@@ -28,7 +28,8 @@ from .spec import SceneSpec
 from .vocab import KINDS
 
 DEFAULT_KINDS: dict[str, float] = {"object": 0.35, "count": 0.2, "relation": 0.2, "scene": 0.25}
-_SPEC_STREAM, _CAPTION_STREAM, _TWIN_STREAM, _NEGATIVE_STREAM = 0, 1, 2, 3
+_SPEC_STREAM, _CAPTION_STREAM, _TWIN_STREAM, _NEGATIVE_STREAM, _WORDS_STREAM = 0, 1, 2, 3, 4
+_WORDS_TRIES = 16
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,11 @@ class WorldConfig:
     by the overlap of their masks) rather than any other shape: the hardest negatives. moved: chance
     that an object's twin keeps its colour and shape and takes another position or size instead, so
     that place and size are told apart too. alike_scenes: chance that a scene's twin with another
-    object takes one of its family (a house or a church for a gothic church; SCENE_FAMILY)."""
+    object takes one of its family (a house or a church for a gothic church; SCENE_FAMILY).
+    twin_words: chance that both captions of a twin pair are worded so that each is false of the
+    other picture (a moved twin's caption names the place or size that changed, a scene twin's the
+    condition); otherwise they may read the same ('a red circle' for both places) and the pair
+    teaches the model to ignore what changed."""
 
     seed: int = 0
     size: int = 64
@@ -71,6 +76,7 @@ class WorldConfig:
     alike: float = 0.0
     moved: float = 0.0
     alike_scenes: float = 0.0
+    twin_words: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("seed", "size", "length"):
@@ -96,7 +102,7 @@ class WorldConfig:
         if sum(self.kinds.values()) <= 0:
             raise ConfigError("WorldConfig.kinds: at least one kind needs a positive weight")
         for name in ("texture_prob", "plain_prob", "jitter", "twins", "backdrops", "relight", "empty", "alike",
-                     "moved", "alike_scenes"):
+                     "moved", "alike_scenes", "twin_words"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
                 raise ConfigError(f"WorldConfig.{name} must be a number in [0, 1], got {v!r}")
@@ -161,17 +167,49 @@ class World:
         """Render parameters of sample `index`."""
         i = self._check_index(index)
         cfg = self.config
-        if cfg.twins > 0 and i % 2 == 1:
-            rng = Rng(cfg.seed, i, _TWIN_STREAM)
-            if rng.chance(cfg.twins):       # a minimal edit of sample i - 1: a hard negative beside it
-                return twin(rng, self.spec(i - 1), cfg.split, cfg.jitter,
-                            TwinOptions(cfg.alike, cfg.moved, cfg.alike_scenes))
+        rng = self._twin_rng(i)
+        if rng is not None:                 # a minimal edit of sample i - 1: a hard negative beside it
+            return twin(rng, self.spec(i - 1), cfg.split, cfg.jitter,
+                        TwinOptions(cfg.alike, cfg.moved, cfg.alike_scenes))
         rng = Rng(cfg.seed, i, _SPEC_STREAM)
         kind = rng.weighted(self._kinds, self._weights)
         if kind == "scene":
             return SAMPLERS[kind](rng, cfg.split, cfg.texture_prob, cfg.plain_prob, cfg.jitter, cfg.backdrops,
                                    cfg.relight, cfg.empty)
         return SAMPLERS[kind](rng, cfg.split, cfg.texture_prob, cfg.plain_prob, cfg.jitter)
+
+    def _twin_rng(self, i: int) -> Rng | None:
+        """The random stream of sample `i`'s edit when it is the twin of sample i - 1, else None."""
+        cfg = self.config
+        if cfg.twins <= 0 or i % 2 == 0:
+            return None
+        rng = Rng(cfg.seed, i, _TWIN_STREAM)
+        return rng if rng.chance(cfg.twins) else None
+
+    def _partner(self, i: int) -> int | None:
+        """The other sample of `i`'s twin pair (its twin, or the sample it is a twin of), if any."""
+        odd = i if i % 2 == 1 else i + 1
+        if self._twin_rng(odd) is None:
+            return None
+        return i + 1 if i % 2 == 0 else i - 1
+
+    def _caption(self, i: int, gt: dict[str, Any]) -> tuple[str, int]:
+        """The caption of sample `i` and its template id. With `twin_words`, a twin pair's captions are
+        redrawn (up to _WORDS_TRIES times) until the words would be false of the other picture."""
+        cfg = self.config
+        text, template = caption(gt, Rng(cfg.seed, i, _CAPTION_STREAM))
+        j = self._partner(i) if cfg.twin_words > 0 else None
+        if j is None or not Rng(cfg.seed, min(i, j), _WORDS_STREAM).chance(cfg.twin_words):
+            return text, template
+        other = ground_truth(self.spec(j))
+        if other == gt:                      # an edit that found no option leaves the twin unchanged
+            return text, template
+        for attempt in range(_WORDS_TRIES):
+            keys = (cfg.seed, i, _CAPTION_STREAM) + ((attempt,) if attempt else ())
+            text, template = caption(gt, Rng(*keys))
+            if text != caption(other, Rng(*keys))[0]:
+                break
+        return text, template
 
     def attrs(self, index: int) -> dict[str, Any]:
         """Ground-truth attributes of sample `index` plus its caption template id, canonical and
@@ -181,7 +219,7 @@ class World:
     def _attrs(self, index: int, spec: SceneSpec) -> tuple[str, dict[str, Any]]:
         i = self._check_index(index)
         gt = ground_truth(spec)
-        text, template = caption(gt, Rng(self.config.seed, i, _CAPTION_STREAM))
+        text, template = self._caption(i, gt)
         gt |= {"template": template, "canonical": canonical_caption(gt),
                "detailed": detailed_caption(gt), "index": i}
         return text, gt
