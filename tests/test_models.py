@@ -165,6 +165,21 @@ def test_deep_stem_follows_each_halving_with_a_same_size_convolution():
     assert model.visual.stem(torch.rand(2, 3, 64, 64)).shape == (2, cfg.vision.width, 8, 8)
 
 
+def test_stem_mult_widens_the_stem_up_to_the_token_width():
+    cfg = get_config("world-vitc").replace(**{"vision.stem": "deep", "vision.stem_mult": 2})
+    model = build_model(cfg)
+    convs = [m for m in model.visual.stem if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [48, 48, 96, 96, 192, 192, 192]      # capped at width 192
+    assert model.visual.stem(torch.rand(2, 3, 64, 64)).shape == (2, cfg.vision.width, 8, 8)
+    wide = get_config("world-vitw")
+    assert wide.vision.stem_mult == 2 and wide.vision.stem == "deep"
+    with pytest.raises(ConfigError, match="stem_mult"):
+        get_config("ViT-nano").replace(**{"vision.stem_mult": 2})       # a patch stem has nothing to widen
+    for bad in (0, 1.5, True):
+        with pytest.raises(ConfigError, match="stem_mult"):
+            cfg.replace(**{"vision.stem_mult": bad})
+
+
 def test_mean_pool_projects_the_average_of_the_patch_tokens():
     cfg = get_config("ViT-nano").replace(**{"vision.pool": "mean"})
     torch.manual_seed(0)

@@ -26,6 +26,7 @@ class VisionConfig:
     width: int = 768
     patch_size: int | None = 32          # ViT only
     stem: str = "patch"                  # ViT only: "patch" (one strided conv, CLIP's), "conv" (3x3 convs) or "deep" (two per halving)
+    stem_mult: int = 1                   # ViT conv stems: the stem's convolutions are this many times wider (up to width)
     pool: str = "cls"                    # ViT only: "cls" (CLIP's class token) or "mean" (average of the patch tokens)
     head_width: int = 64                 # heads = width // head_width (ResNet: width * 32 // head_width)
     mlp_ratio: float = 4.0
@@ -53,6 +54,10 @@ class VisionConfig:
                 raise ConfigError(f"vision.stem {self.stem!r} is not one of {STEMS}")
             if self.stem != "patch" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
                 raise ConfigError(f"vision.stem {self.stem!r} needs a power-of-two patch_size, got {self.patch_size}")
+            if isinstance(self.stem_mult, bool) or not isinstance(self.stem_mult, int) or self.stem_mult < 1:
+                raise ConfigError(f"vision.stem_mult must be an int >= 1, got {self.stem_mult!r}")
+            if self.stem == "patch" and self.stem_mult != 1:
+                raise ConfigError("vision.stem_mult widens a convolutional stem: set vision.stem to 'conv' or 'deep'")
             if not self.patch_size or self.image_size % self.patch_size:
                 raise ConfigError(
                     f"vision.image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")

@@ -17,11 +17,13 @@ class ConvStem(nn.Sequential):
     log2(patch) times, widths doubling up to width / 2, then a 1x1 projection to the token width:
     the convolutional stem that makes a small ViT train faster and more stably than one strided
     patch convolution. `per_level` 2 (the "deep" stem) follows each halving with a second 3x3
-    convolution at the same size. (B, 3, S, S) -> (B, width, S / patch, S / patch)."""
+    convolution at the same size. `mult` widens every stem convolution that many times (up to the
+    token width): finer shapes are told apart for a little more compute at the high resolutions.
+    (B, 3, S, S) -> (B, width, S / patch, S / patch)."""
 
-    def __init__(self, width: int, patch_size: int, per_level: int = 1):
+    def __init__(self, width: int, patch_size: int, per_level: int = 1, mult: int = 1):
         depth = patch_size.bit_length() - 1
-        widths = [3] + [max(8, width >> (depth - i)) for i in range(depth)]
+        widths = [3] + [min(width, max(8, (width * mult) >> (depth - i))) for i in range(depth)]
         layers: list[nn.Module] = []
         for cin, cout in zip(widths, widths[1:]):
             for k in range(per_level):          # the first halves the side, the rest keep it ("deep")
@@ -39,7 +41,7 @@ class VisionTransformer(nn.Module):
         grid = v.image_size // v.patch_size
         scale = v.width ** -0.5
         if v.stem in CONVS_PER_HALVING:
-            self.stem = ConvStem(v.width, v.patch_size, CONVS_PER_HALVING[v.stem])
+            self.stem = ConvStem(v.width, v.patch_size, CONVS_PER_HALVING[v.stem], v.stem_mult)
         else:
             self.conv1 = nn.Conv2d(3, v.width, kernel_size=v.patch_size, stride=v.patch_size, bias=False)
         self.class_embedding = nn.Parameter(scale * torch.randn(v.width))
