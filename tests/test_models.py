@@ -144,6 +144,10 @@ class TestWorldViTDeepStem(EncoderBattery):
     arch = "world-vitd"                     # two 3x3 convolutions per halving
 
 
+class TestWorldViTWideStem(EncoderBattery):
+    arch = "world-vitw"                     # the deep stem twice as wide, five layers (the judge)
+
+
 def test_conv_stem_replaces_the_patch_convolution():
     cfg = get_config("world-vitc")
     assert cfg.vision.stem == "conv" and cfg.vision.patch_size == 8
