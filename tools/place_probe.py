@@ -11,28 +11,20 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
-
 from clipguide.checkpoints import load
+from clipguide.train.evaluate import zero_shot
 from clipguide.world import World
-from clipguide.world.vocab import POSITION_PHRASES, POSITIONS
+from clipguide.world.captions import detailed_caption
+from clipguide.world.vocab import POSITIONS
 
 
 def probe(model, split: str, n: int, seed: int = 11) -> float:
+    """Top-1 among the five place variants of each picture's detailed caption."""
     world = World(seed=seed, split=split, kinds={"object": 1.0})
-    right = 0
-    with torch.no_grad():
-        for start in range(0, n, 100):
-            idx = range(start, min(n, start + 100))
-            images = world.render_batch(idx, fmt="float")
-            feats = model.encode_image(model.preprocess(images), normalize=True)
-            for k, i in enumerate(idx):
-                attrs = world.attrs(i)
-                said = POSITION_PHRASES[attrs["position"]][0]
-                texts = [attrs["detailed"].replace(said, POSITION_PHRASES[p][0]) for p in POSITIONS]
-                t = model.encode_text(model.tokenize(texts), normalize=True)
-                right += int((t @ feats[k]).argmax()) == POSITIONS.index(attrs["position"])
-    return right / n
+    attrs = [world.attrs(i) for i in range(n)]
+    candidates = [[detailed_caption({**a, "position": p}) for p in POSITIONS] for a in attrs]
+    labels = [POSITIONS.index(a["position"]) for a in attrs]
+    return zero_shot(model, world.render_batch(range(n), fmt="float"), labels, candidates)["top1"]
 
 
 def main() -> None:
@@ -44,7 +36,7 @@ def main() -> None:
         model = load(name).eval()
         for split in ("train", "eval"):
             print(json.dumps({"model": name, "split": split, "n": args.n,
-                              "place_top1": round(probe(model, split, args.n), 4)}))
+                              "place_top1": probe(model, split, args.n)}))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from .vocab import KINDS
 
 DEFAULT_KINDS: dict[str, float] = {"object": 0.35, "count": 0.2, "relation": 0.2, "scene": 0.25}
 _SPEC_STREAM, _CAPTION_STREAM, _TWIN_STREAM, _NEGATIVE_STREAM, _WORDS_STREAM = 0, 1, 2, 3, 4
-_WORDS_TRIES = 16
+_REDRAWS = 16                     # tries at words that tell two pictures apart
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,7 @@ class World:
 
     def _caption(self, i: int, gt: dict[str, Any]) -> tuple[str, int]:
         """The caption of sample `i` and its template id. With `twin_words`, a twin pair's captions are
-        redrawn (up to _WORDS_TRIES times) until the words would be false of the other picture."""
+        redrawn (up to _REDRAWS times) until the words would be false of the other picture."""
         cfg = self.config
         text, template = caption(gt, Rng(cfg.seed, i, _CAPTION_STREAM))
         j = self._partner(i) if cfg.twin_words > 0 else None
@@ -204,7 +204,7 @@ class World:
         other = ground_truth(self.spec(j))
         if other == gt:                      # an edit that found no option leaves the twin unchanged
             return text, template
-        for attempt in range(_WORDS_TRIES):
+        for attempt in range(_REDRAWS):
             keys = (cfg.seed, i, _CAPTION_STREAM) + ((attempt,) if attempt else ())
             text, template = caption(gt, Rng(*keys))
             if text != caption(other, Rng(*keys))[0]:
@@ -234,7 +234,7 @@ class World:
         i = self._check_index(index)
         spec = self.spec(i)
         text = self.caption(i)
-        for attempt in range(16):       # the edit must show in the words (a scene caption may omit the condition)
+        for attempt in range(_REDRAWS):  # the edit must show in the words (a scene caption may omit the condition)
             wrong = twin(Rng(self.config.seed, i, _NEGATIVE_STREAM, attempt), spec, self.config.split,
                          self.config.jitter, TwinOptions(alike=self.config.alike))
             negative = caption(ground_truth(wrong), Rng(self.config.seed, i, _CAPTION_STREAM))[0]
