@@ -254,14 +254,22 @@ _DIST_SCRIPT = textwrap.dedent("""
 """)
 
 
+_SOCKET_TROUBLE = ("Address already in use", "Connection refused", "Connection reset", "timed out")
+
+
 def _run_dist(tmp_path: Path, nproc: int, overrides: list[str]) -> dict:
     script = tmp_path / "step.py"
     script.write_text(_DIST_SCRIPT)
     out = tmp_path / f"result_{nproc}.pt"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-           str(29500 + os.getpid() % 1000 + nproc), str(script), json.dumps(overrides), str(out)]
+    # --standalone lets the rendezvous take a free port, so no other job on the machine can hold it
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           str(script), json.dumps(overrides), str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=300, cwd=tmp_path)
+    for _ in range(2):      # a second try only when the processes could not meet (a busy machine's sockets)
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        if res.returncode == 0 or not any(m in res.stderr for m in _SOCKET_TROUBLE):
+            break
+    assert res.returncode == 0, f"torchrun with {nproc} process(es) failed:\n{res.stderr[-4000:]}"
     return torch.load(out, weights_only=True)
 
 
