@@ -200,7 +200,9 @@ def _eval_guided(args) -> int:
     for i, p in enumerate(report.prompts):
         print(json.dumps({"prompt": p, "guide_score": round(report.guide[i], 4),
                           "augmented_score": round(report.augmented[i], 4), "judge_correct": report.judge_correct[i],
+                          "judge_choice": report.judge_choice[i] if report.judge_choice else None,
                           "oracle_passed": report.oracle_passed[i],
+                          "oracle_failed": report.oracle_failed[i] if report.oracle_failed else [],
                           "adversarial": report.adversarial[i] if report.adversarial else None}), flush=True)
     summary = {"task": "guided", "guide": args.model, "judge": args.judge, "generator": args.generator,
                "steps": args.steps, "cutouts": args.cutouts, "seed": args.seed, **run_options,

@@ -348,3 +348,24 @@ def test_bf16_guidance_gradient_matches_fp32(model, arch):
     g16, fn = grad(copy.deepcopy(base).set_precision("bf16"))
     assert fn.model0.dtype == torch.bfloat16
     assert F.cosine_similarity(g32.flatten(), g16.flatten(), dim=0) > 0.99
+
+
+def test_score_says_what_the_judge_chose_and_which_checks_failed(model):
+    """Each row names the caption the judge chose and the oracle's failed checks: a render passes
+    every check, the same render under a caption of another colour fails the colour check."""
+    from clipguide.guide import score
+    from clipguide.world import World
+
+    w = World(seed=5, split="all", kinds={"object": 1})
+    k = next(i for i in range(50) if w.attrs(i).get("position") and w.attrs(i).get("colour") != "red")
+    image, attrs = w.sample(k).image, w.attrs(k)
+    right = f"a {attrs['colour']} {attrs['shape']} {w.caption(k).split(attrs['shape'], 1)[1].strip()}"
+    wrong = right.replace(attrs["colour"], "red", 1)
+    images = torch.stack([image, image])
+    report = score(images, [right, wrong], guide=model, judge=model, suite=[right, wrong, "a gothic church"])
+    assert report.oracle_failed[0] == [] and report.oracle_passed[0] is True
+    # no red part is there: the colour fails, and with it the count of red parts; the place holds
+    assert report.oracle_failed[1] == ["colour", "count"] and report.oracle_passed[1] is False
+    assert report.judge_choice[0] == report.judge_choice[1]                  # one picture, one choice
+    assert report.judge_choice[0] in (right, wrong, "a gothic church")
+    assert report.judge_correct == [report.judge_choice[0] == right, report.judge_choice[0] == wrong]

@@ -73,6 +73,9 @@ class ScoreReport:
     # the same judge and oracle on the pictures before guidance (the generator's unguided samples)
     unguided_judge_correct: list[bool] = field(default_factory=list)
     unguided_oracle_passed: list[bool | None] = field(default_factory=list)
+    # why: the caption the judge chose for each picture, and the oracle's checks that failed
+    judge_choice: list[str] = field(default_factory=list)
+    oracle_failed: list[list[str]] = field(default_factory=list)
 
     def summary(self) -> dict:
         n = max(1, len(self.prompts))
@@ -117,6 +120,7 @@ def score(images: torch.Tensor, prompts: Sequence[str], guide: CLIP, judge: CLIP
     g = (_image(guide, images) * guide_text).sum(dim=-1)
     aug = _augmented(guide, images, guide_text)
     judge_correct = [True] * len(prompts)
+    choice: list[str] = []
     adversarial: list[bool] = []
     unguided = [True] * len(prompts) if initial_images is not None else []   # no judge: only the oracle decides
     if judge is not None:
@@ -125,7 +129,9 @@ def score(images: torch.Tensor, prompts: Sequence[str], guide: CLIP, judge: CLIP
         truth = torch.tensor([cands.index(p) for p in prompts])
         cand_text = _text(judge, cands)
         judge_image = _image(judge, images)
-        judge_correct = ((judge_image @ cand_text.T).argmax(dim=-1) == truth).tolist()
+        chosen = (judge_image @ cand_text.T).argmax(dim=-1)
+        judge_correct = (chosen == truth).tolist()
+        choice = [cands[i] for i in chosen.tolist()]
         if initial_images is not None:
             judge_text = cand_text[truth]                   # the judge's embedding of each image's prompt
             g0 = (_image(guide, initial_images) * guide_text).sum(dim=-1)
@@ -135,21 +141,26 @@ def score(images: torch.Tensor, prompts: Sequence[str], guide: CLIP, judge: CLIP
             adversarial = [(a > b + 0.02) and not (d > c + 0.005) for a, b, c, d in
                            zip(g.tolist(), g0.tolist(), j0.tolist(), j1.tolist())]
             unguided = ((judge_image0 @ cand_text.T).argmax(dim=-1) == truth).tolist()
-    passed = _oracle(images, prompts, oracle)
-    passed0 = _oracle(initial_images, prompts, oracle) if initial_images is not None else []
-    return ScoreReport(prompts, g.tolist(), aug.tolist(), judge_correct, passed, adversarial, unguided, passed0)
+    passed, failed = _oracle(images, prompts, oracle)
+    passed0 = _oracle(initial_images, prompts, oracle)[0] if initial_images is not None else []
+    return ScoreReport(prompts, g.tolist(), aug.tolist(), judge_correct, passed, adversarial, unguided, passed0,
+                       choice, failed)
 
 
-def _oracle(images: torch.Tensor, prompts: Sequence[str], enabled: bool = True) -> list[bool | None]:
+def _oracle(images: torch.Tensor, prompts: Sequence[str],
+            enabled: bool = True) -> tuple[list[bool | None], list[list[str]]]:
     """The world oracle's verdict on image i for prompt i (None where it cannot read the prompt, or
-    everywhere when not `enabled`)."""
+    everywhere when not `enabled`), and the names of the checks that failed."""
     from ..world import oracle as world_oracle
     from ..world.parse import parse_caption
 
     if not enabled:
-        return [None] * len(prompts)
+        return [None] * len(prompts), [[] for _ in prompts]
     passed: list[bool | None] = []
+    failed: list[list[str]] = []
     for image, p in zip(images, prompts):
         attrs = parse_caption(p)
-        passed.append(None if attrs is None else bool(world_oracle.check(image, attrs).passed))
-    return passed
+        report = None if attrs is None else world_oracle.check(image, attrs)
+        passed.append(None if report is None else bool(report.passed))
+        failed.append([] if report is None else [k for k, ok in report.checks.items() if not ok])
+    return passed, failed
