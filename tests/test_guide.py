@@ -355,12 +355,13 @@ def test_score_says_what_the_judge_chose_and_which_checks_failed(model):
     every check, the same render under a caption of another colour fails the colour check."""
     from clipguide.guide import score
     from clipguide.world import World
+    from clipguide.world.captions import detailed_caption
 
     w = World(seed=5, split="all", kinds={"object": 1})
-    k = next(i for i in range(50) if w.attrs(i).get("position") and w.attrs(i).get("colour") != "red")
+    k = next(i for i in range(50) if "red" not in detailed_caption(w.attrs(i)))
     image, attrs = w.sample(k).image, w.attrs(k)
-    right = f"a {attrs['colour']} {attrs['shape']} {w.caption(k).split(attrs['shape'], 1)[1].strip()}"
-    wrong = right.replace(attrs["colour"], "red", 1)
+    right = detailed_caption(attrs)                     # every attribute named: size, place, background
+    wrong = right.replace(f" {attrs['colour']} {attrs['shape']}", f" red {attrs['shape']}")
     images = torch.stack([image, image])
     report = score(images, [right, wrong], guide=model, judge=model, suite=[right, wrong, "a gothic church"])
     assert report.oracle_failed[0] == [] and report.oracle_passed[0] is True
