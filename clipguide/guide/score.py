@@ -162,5 +162,5 @@ def _oracle(images: torch.Tensor, prompts: Sequence[str],
         attrs = parse_caption(p)
         report = None if attrs is None else world_oracle.check(image, attrs)
         passed.append(None if report is None else bool(report.passed))
-        failed.append([] if report is None else [k for k, ok in report.checks.items() if not ok])
+        failed.append([] if report is None else report.failed)
     return passed, failed

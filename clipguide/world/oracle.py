@@ -51,6 +51,11 @@ class OracleReport:
         return bool(self.checks) and all(self.checks.values())
 
     @property
+    def failed(self) -> list[str]:
+        """The names of the checks that failed, in the order they were made."""
+        return [k for k, ok in self.checks.items() if not ok]
+
+    @property
     def score(self) -> float:
         """Fraction of checks passed."""
         return sum(self.checks.values()) / len(self.checks) if self.checks else 0.0
