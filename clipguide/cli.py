@@ -189,6 +189,7 @@ def _eval_guided(args) -> int:
     from clipguide.guide.suite import guided_eval, world_prompt_suite
 
     run_options = _run_options(args)                      # options checked before anything loads
+    _steering_settings(args)
     prompts = _lines(args.prompts, "--prompts") if args.prompts else world_prompt_suite()
     candidates = _candidates(args.candidates or "prompts", prompts)
     guide = _load(args)
@@ -261,6 +262,7 @@ def _eval_edits(args) -> int:
     from clipguide.guide.edit_study import edit_cases, edit_study
 
     run_options = _run_options(args)                      # checked before anything loads
+    _steering_settings(args, edit=True)
     guide = _load(args)
     judge = clipguide.load(args.judge, device=args.device)
     cases = edit_cases(args.edits, seed=args.seed)
@@ -309,6 +311,7 @@ def cmd_generate(args) -> int:
     from clipguide.guide.suite import guided_image
 
     run_options = _run_options(args)                      # checked before anything loads
+    _steering_settings(args)
     model = _load(args)
     result = guided_image(model, args.prompt, generator=args.generator, size=args.size, steps=args.steps,
                           lr=args.lr, cutouts=args.cutouts, seed=args.seed, tv=args.tv,
@@ -333,6 +336,20 @@ def _generator_network(args):
 
     options = {"config": args.generator_config} if args.generator == "vqgan" and args.generator_config else {}
     return load_network(args.generator, args.generator_model, **options)
+
+
+def _steering_settings(args, edit: bool = False) -> None:
+    """Fill the --steps, --lr and --tv left unset: an edit takes the generic settings, a generation
+    the generator family's own (`generators.steering_defaults`)."""
+    from clipguide.generators import STEERING_BASE, steering_defaults
+
+    family = None if edit else args.generator
+    steps, lr, tv = (getattr(args, k, None) for k in ("steps", "lr", "tv"))
+    if family is None:
+        args.steps = int(STEERING_BASE["steps"]) if steps is None else steps
+        args.lr = STEERING_BASE["lr"] if lr is None else lr
+    else:
+        args.steps, args.lr, args.tv = steering_defaults(family, steps, lr, tv)
 
 
 def _generator_options(args) -> dict:
@@ -422,6 +439,10 @@ def _add_guidance_scale(p: argparse.ArgumentParser) -> None:
                    help="diffusion: the fraction of denoising steps that are guided, the first ones (default 1: all)")
 
 
+# what --steps says of the families' own settings (generators.steering_defaults; a test holds them equal)
+_FAMILY_DEFAULTS = "the generator's own, Fourier 300, others 100"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clipguide", description=(
         "Text-guided image generation and editing with CLIP as a loss. "
@@ -490,11 +511,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search(p)
     p.add_argument("--edits", type=int, default=30, help="edits: pictures edited (default 30)")
     p.add_argument("--preserve", type=float, default=1.0, help="edits: weight of staying near the original (default 1)")
-    p.add_argument("--steps", type=int, default=100, help="guided: steps per picture (default 100)")
-    p.add_argument("--lr", type=float, default=0.05, help="guided: learning rate (default 0.05)")
+    p.add_argument("--steps", type=int, default=None, help="guided, edits: steps per picture (default: " + _FAMILY_DEFAULTS
+                   + "; edits 100)")
+    p.add_argument("--lr", type=float, default=None, help="guided, edits: learning rate (default: the generator's own; "
+                   "edits 0.05)")
     p.add_argument("--cutouts", type=int, default=16, help="guided: augmented views per step (default 16)")
     p.add_argument("--size", type=int, default=None, help="guided: picture side (default: the guide's input size)")
-    p.add_argument("--tv", type=float, default=0.0, help="guided: total-variation weight (default 0)")
+    p.add_argument("--tv", type=float, default=None, help="guided: total-variation weight (default: the generator's own)")
     p.add_argument("--sheet", default=None, help="guided: also write a contact sheet of the pictures (PNG)")
     p.add_argument("--task", action="append", choices=["colour_shape", "count", "relation", "scene", "retrieval",
                                                        "linear_probe"], help="task to run (repeatable; default all)")
@@ -523,13 +546,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="default", help="guide model name or checkpoint path (default: bundled)")
     _add_generator_args(p)
     _add_search(p)
-    p.add_argument("--steps", type=int, default=100, help="optimisation (or, for diffusion, denoising) steps "
-                   "(default 100)")
-    p.add_argument("--lr", type=float, default=0.05, help="learning rate (default 0.05)")
+    p.add_argument("--steps", type=int, default=None, help="optimisation (or, for diffusion, denoising) steps "
+                   "(default: " + _FAMILY_DEFAULTS + ")")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the generator's own, Fourier 0.5, "
+                   "others 0.05)")
     p.add_argument("--cutouts", type=int, default=16, help="augmented views per step (default 16)")
     p.add_argument("--size", type=int, default=None, help="image side (default: the model's input size)")
     p.add_argument("--seed", type=int, default=0, help="seed: same seed, same picture (default 0)")
-    p.add_argument("--tv", type=float, default=0.0, help="total-variation weight (smoothness, default 0)")
+    p.add_argument("--tv", type=float, default=None, help="total-variation weight (smoothness; default: the "
+                   "generator's own, Fourier 100, others 0)")
     p.add_argument("--timelapse", default=None, help="also write the optimisation as a GIF here")
     _add_load_args(p)
     p.set_defaults(func=cmd_generate)
@@ -584,7 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the end-to-end demo on the embedded default model")
     p.add_argument("--model", default=None, help="model name or path (default: the bundled 'default')")
     p.add_argument("--prompt", default="a gothic church", help="what to steer a picture of (default 'a gothic church')")
-    p.add_argument("--steps", type=int, default=100, help="steering steps (default 100)")
+    p.add_argument("--steps", type=int, default=None, help="steering steps (default: the Fourier image's own, 300)")
     p.add_argument("--seed", type=int, default=0, help="seed of the pictures (default 0)")
     p.add_argument("--out", default="runs/demo.png", help="where the steered picture goes (default runs/demo.png)")
     p.set_defaults(func=cmd_demo)

@@ -8,6 +8,7 @@ import torch
 
 import clipguide
 from clipguide.cli import build_parser, main
+from clipguide.errors import InputError
 from clipguide.tokenizer import Tokenizer
 
 
@@ -121,6 +122,34 @@ def test_generate_writes_a_png_with_provenance(nano_path, tmp_path, capsys):
         prov = json.loads(im.text["clipguide"])
     assert prov["prompts"][1] == {"text": "a blue square", "weight": -0.5, "stop": None}
     assert (tmp_path / "t.gif").exists()
+
+
+def test_generate_takes_the_generator_families_own_settings(nano_path, tmp_path):
+    """Unset --lr and --tv take the family's settings (Fourier's differ from the generic ones); given
+    ones win; the help states the families' step counts as steering_defaults has them."""
+    from PIL import Image
+
+    from clipguide.cli import _FAMILY_DEFAULTS
+    from clipguide.generators import STEERING_BASE, steering_defaults
+
+    def provenance(*extra):
+        out = tmp_path / "g.png"
+        assert main(["generate", "a red circle", "--model", str(nano_path), "--out", str(out), "--steps", "2",
+                     "--cutouts", "2", *extra]) == 0
+        with Image.open(out) as im:
+            return json.loads(im.text["clipguide"])
+
+    fourier = steering_defaults("fourier")
+    assert fourier != (STEERING_BASE["steps"], STEERING_BASE["lr"], STEERING_BASE["tv"])
+    prov = provenance()
+    assert (prov["generator"], prov["steps"], prov["lr"], prov["tv"]) == ("fourier", 2, fourier[1], fourier[2])
+    prov = provenance("--generator", "pixels")
+    assert (prov["lr"], prov["tv"]) == (STEERING_BASE["lr"], STEERING_BASE["tv"])
+    prov = provenance("--lr", "0.2", "--tv", "3")
+    assert (prov["lr"], prov["tv"]) == (0.2, 3.0)
+    assert f"Fourier {fourier[0]}" in _FAMILY_DEFAULTS and f"others {STEERING_BASE['steps']}" in _FAMILY_DEFAULTS
+    with pytest.raises(InputError, match="not one of"):
+        steering_defaults("sketch")
 
 
 def test_demo_reads_pictures_and_steers_one(nano_path, tmp_path, capsys):

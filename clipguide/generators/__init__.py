@@ -111,6 +111,25 @@ _LOADERS: dict[str, Callable[..., Any]] = {"vqgan": _load_vqgan, "stylegan": _lo
                                            "diffusion": _load_diffusion}
 
 
+# The steps, learning rate and total-variation weight a family is steered with when the caller gives
+# none. Fourier: measured on the world's 52-prompt suite with the bundled guide, these give 15.4%
+# of the pictures judged right by judge and oracle against 0% at the generic 100 steps, lr 0.05
+# (README, Guidance); the other families keep the generic settings they were measured with.
+STEERING_BASE: dict[str, float] = {"steps": 100, "lr": 0.05, "tv": 0.0}
+_STEERING: dict[str, dict[str, float]] = {"fourier": {"steps": 300, "lr": 0.5, "tv": 100.0}}
+
+
+def steering_defaults(name: str, steps: int | None = None, lr: float | None = None,
+                      tv: float | None = None) -> tuple[int, float, float]:
+    """(steps, lr, tv) for steering family `name`: the values given, and the family's own settings
+    for those left None."""
+    if name not in GENERATORS:
+        raise InputError(f"generator {name!r} is not one of {sorted(GENERATORS)}")
+    own = {**STEERING_BASE, **_STEERING.get(name, {})}
+    return (int(own["steps"] if steps is None else steps), float(own["lr"] if lr is None else lr),
+            float(own["tv"] if tv is None else tv))
+
+
 # How each family constrains image sides: a fixed size, or a multiple of the latent grid's cell.
 _FIXED_SIZE: dict[str, Callable[[Any], int]] = {"stylegan": lambda net: net.config.size}
 _SIZE_MULTIPLE: dict[str, Callable[[Any], int]] = {"vqgan": lambda net: net.factor,
@@ -139,5 +158,5 @@ def build_generator(name: str, *, size: int | None = None, batch: int = 1, init:
     return GENERATORS[name](network, size, batch, init, rng, **options)
 
 
-__all__ = ["Generator", "GENERATORS", "build_generator", "load_network", "working_size", "ClampWithGrad", "to_unit", "from_unit", "freeze",
+__all__ = ["Generator", "GENERATORS", "build_generator", "load_network", "working_size", "steering_defaults", "ClampWithGrad", "to_unit", "from_unit", "freeze",
            "check_init"]

@@ -56,7 +56,8 @@ def world_prompt_suite(kinds: Sequence[str] = KINDS, count_colours: int = 2) -> 
 
 
 def guided_image(model, prompt: str, *, generator: str = "fourier", size: int | None = None,
-                 steps: int = 100, lr: float = 0.05, cutouts: int = 16, seed: int = 0, tv: float = 0.0,
+                 steps: int | None = None, lr: float | None = None, cutouts: int = 16, seed: int = 0,
+                 tv: float | None = None,
                  frame_every: int = 0, progress: bool = True, network=None, generator_model=None,
                  generator_options: dict | None = None, init: torch.Tensor | None = None,
                  callback=None, callback_every: int = 1, run_options: dict | None = None):
@@ -64,8 +65,12 @@ def guided_image(model, prompt: str, *, generator: str = "fourier", size: int | 
     a generator of family `generator` (pixels, fourier, vqgan, stylegan, diffusion; its network
     `network` or loaded from `generator_model`) steered by CLIPLoss with `model`. `callback(StepInfo)`
     runs every `callback_every` steps (raise StopSteering there to end early, keeping the best
-    picture). `run_options` go to the generator's run() (diffusion: guidance_scale). Returns the
+    picture). `run_options` go to the generator's run() (diffusion: guidance_scale). `steps`, `lr`
+    and `tv` left None take the family's own settings (`generators.steering_defaults`). Returns the
     SteerResult (image, losses, provenance)."""
+    from ..generators import steering_defaults
+
+    steps, lr, tv = steering_defaults(generator, steps, lr, tv)
     gen, size = _generator(model, generator, size, seed, network, generator_model, generator_options, init)
     return _steer_prompt(gen, model, prompt, generator=generator, size=size, steps=steps, lr=lr, cutouts=cutouts,
                          seed=seed, tv=tv, frame_every=frame_every, progress=progress, callback=callback,
@@ -126,22 +131,24 @@ def _steer_prompt(gen, model, prompt: str, *, generator: str, size, steps: int, 
                                                    min_size=0.5, noise=0.05, flip=0.0))
     return gen.run(loss, steps=steps, lr=lr, seed=seed,
                    regularisers=[(total_variation, tv)] if tv else (), frame_every=frame_every,
-                   progress=progress, settings={"generator": generator, "size": size, "cutouts": cutouts},
+                   progress=progress, settings={"generator": generator, "size": size, "cutouts": cutouts, "tv": tv},
                    callback=callback, callback_every=callback_every, **(run_options or {}))
 
 
 def guided_eval(guide, judge, prompts: Sequence[str] | None = None, *, generator: str = "fourier",
-                steps: int = 100, lr: float = 0.05, cutouts: int = 16, size: int | None = None, seed: int = 0,
-                tv: float = 0.0, progress: bool = True, generator_model=None,
+                steps: int | None = None, lr: float | None = None, cutouts: int = 16, size: int | None = None,
+                seed: int = 0, tv: float | None = None, progress: bool = True, generator_model=None,
                 generator_options: dict | None = None, run_options: dict | None = None,
                 candidates: Sequence[str] | None = None) -> tuple[ScoreReport, torch.Tensor]:
     """Steer one picture per prompt with `guide`, then score them: the guide's score, an augmented
     score, the judge's top-1 among `candidates` (default: the prompts themselves; every prompt must
     be one of them), the oracle's checks, the adversarial flag (guide score up, judge score not), and
     the same judge and oracle on the generator's unguided picture from the same seed (the baseline).
-    Returns the report and the pictures (N, 3, H, W)."""
-    from ..generators import load_network
+    `steps`, `lr` and `tv` left None take the family's own settings. Returns the report and the
+    pictures (N, 3, H, W)."""
+    from ..generators import load_network, steering_defaults
 
+    steps, lr, tv = steering_defaults(generator, steps, lr, tv)
     prompts = list(prompts) if prompts is not None else world_prompt_suite()
     if not prompts:
         raise InputError("the prompt suite is empty")
