@@ -76,12 +76,13 @@ class Models:
     def guide_names(self) -> list[str]:
         return [n for n in clipguide.bundled_models() if n != "judge"] + sorted(self.config.models)
 
-    def generator_names(self) -> list[str]:
+    def generator_names(self, edit: bool = False) -> list[str]:
         """Families with a network here: pixels and Fourier always, the trained families when
-        their bundled network exists or the operator configured one."""
+        their bundled network exists or the operator configured one; for edits also the families
+        that only change a given image (the colour grade)."""
         names = list(BUNDLED_GENERATORS)
         for family in clipguide.GENERATORS:
-            if family in names:
+            if family in names or (family in clipguide.EDIT_ONLY and not edit):
                 continue
             if family in self.config.generator_models or clipguide.has_bundled_generator(family):
                 names.append(family)
@@ -97,8 +98,9 @@ class Models:
             return self._clip[name]
 
     def network(self, family: str):
-        if family not in self.generator_names():
-            raise RequestError(f"generator {family!r} is not available here: choose one of {self.generator_names()}")
+        if family not in self.generator_names(edit=True):
+            raise RequestError(f"generator {family!r} is not available here: choose one of "
+                               f"{self.generator_names(edit=True)}")
         with self._lock:
             if family not in self._networks:
                 self._networks[family] = clipguide.load_network(family, self.config.generator_models.get(family))
@@ -229,6 +231,8 @@ def generate(models: Models, config: AppConfig, prompt, generator, model, steps,
     seed = _int_in(seed, "seed", 0, 2**31 - 1)
     size = _int_in(size, "size", 16, config.max_size)
     search = _int_in(search, "search", 1, config.max_search)
+    if generator in clipguide.EDIT_ONLY:
+        raise RequestError(f"{generator} changes a given picture: use it in the edit tab")
     if search > 1 and generator not in clipguide.SEARCHING:
         raise RequestError(f"search needs a generator that draws random starts ({', '.join(clipguide.SEARCHING)}); "
                            f"set search to 1 for {generator}")
@@ -371,7 +375,8 @@ def build_app(config: AppConfig | None = None, models: Models | None = None):
                                     sources=["upload"])
                     preserve = gr.Slider(0, 20, value=1.0, step=0.1, label="keep the rest (preservation)")
                     with gr.Row():
-                        e_generator = gr.Dropdown(gens, value=gens[0], label="generator")
+                        e_gens = models.generator_names(edit=True)
+                        e_generator = gr.Dropdown(e_gens, value=e_gens[0], label="generator")
                         e_model = gr.Dropdown(guides, value=guides[0], label="guide model")
                     e_steps = gr.Slider(1, config.max_steps, value=min(config.default_steps, config.max_steps),
                                         step=1, label="steps")

@@ -9,7 +9,7 @@ Public API (everything else is internal and may change)::
 from .checkpoints import FORMATS, bundled_models, create_model, load, save
 from .errors import (CheckpointError, ClipguideError, ConfigError, InputError, TextTooLongError,
                      WeightsNotFoundError)
-from .generators import GENERATORS, SEARCHING, build_generator, has_bundled_generator, load_network
+from .generators import EDIT_ONLY, GENERATORS, SEARCHING, build_generator, has_bundled_generator, load_network
 from .guide import CLIPLoss, Cutouts, FourierImage, PixelImage, Prompt, StopSteering, parse_prompts, steer
 from .guide.edit import edit_image
 from .guide.suite import guided_image as generate_image
@@ -28,7 +28,7 @@ __all__ = [
     "CLIPLoss", "Cutouts", "Prompt", "parse_prompts", "PixelImage", "FourierImage", "steer", "StopSteering",
     "generate_image", "edit_image",
     # generators
-    "GENERATORS", "SEARCHING", "build_generator", "load_network", "has_bundled_generator",
+    "GENERATORS", "EDIT_ONLY", "SEARCHING", "build_generator", "load_network", "has_bundled_generator",
     # text and images
     "Tokenizer", "Preprocess", "load_image", "save_image", "tensor_to_pil",
     # errors

@@ -411,10 +411,17 @@ def cmd_edit(args) -> int:
     return _write_result(result, args)
 
 
-def _add_generator_args(p: argparse.ArgumentParser, default: str = "fourier") -> None:
-    p.add_argument("--generator", choices=["pixels", "fourier", "vqgan", "stylegan", "diffusion"], default=default,
+# generator families on the command line (clipguide.generators.GENERATORS and EDIT_ONLY; a test holds them equal)
+_DRAWING = ("pixels", "fourier", "vqgan", "stylegan", "diffusion")
+_EDITING = _DRAWING + ("grade",)
+
+
+def _add_generator_args(p: argparse.ArgumentParser, default: str = "fourier", edit: bool = False) -> None:
+    p.add_argument("--generator", choices=_EDITING if edit else _DRAWING, default=default,
                    help=f"what is steered (default {default}): raw pixels, a Fourier image, or the latent of a "
-                   "VQGAN, a StyleGAN2, or a diffusion model's sampling")
+                   "VQGAN, a StyleGAN2, or a diffusion model's sampling" + (
+                       "; grade: the image's colours as a whole (a 3 x 3 colour matrix and offset: light and "
+                       "colour edits such as 'at night', no texture, shapes kept)" if edit else ""))
     p.add_argument("--generator-model", default=None, metavar="PATH",
                    help="the generator's network: a taming VQGAN .ckpt, a rosinality StyleGAN2 .pt, a diffusers "
                    "pipeline directory, or a clipguide safetensors file (default: the bundled one)")
@@ -503,8 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", default=None,
                    help="guided: the captions the judge chooses among: 'prompts' (the default: the prompts themselves), "
                    "'suite' (the world's 52-prompt suite, e.g. for a part of it given by --prompts) or a text file")
-    p.add_argument("--generator", choices=["pixels", "fourier", "vqgan", "stylegan", "diffusion"], default="fourier",
-                   help="guided, edits: the generator steered (default fourier)")
+    p.add_argument("--generator", choices=_EDITING, default="fourier",
+                   help="guided, edits: the generator steered (default fourier; grade: edits only)")
     p.add_argument("--generator-model", default=None,
                    help="guided, edits: the generator's network (default: the bundled one of its family)")
     _add_guidance_scale(p)
@@ -574,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strength", type=float, default=0.6, help="diffusion: how far the image is re-noised (0-1, "
                    "default 0.6)")
     p.add_argument("--model", default="default", help="guide model name or checkpoint path (default: bundled)")
-    _add_generator_args(p)
+    _add_generator_args(p, edit=True)
     p.add_argument("--steps", type=int, default=100, help="steps (default 100)")
     p.add_argument("--lr", type=float, default=0.05, help="learning rate (default 0.05)")
     p.add_argument("--cutouts", type=int, default=16, help="augmented views per step (default 16)")

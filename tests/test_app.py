@@ -161,6 +161,9 @@ def test_edit_an_uploaded_picture(client, tmp_path):
                          api_name="/edit")[2]
     with Image.open(png) as out:
         assert out.size == (96, 48)                                        # shrunk, aspect ratio kept
+    status, png = client.predict(handle_file(str(src)), "at night", "", None, 1.0, "grade", "default", 3, 0,
+                                 api_name="/edit")[1:3]
+    assert status.startswith("done: 3 steps") and _provenance(png)["generator"] == "grade"
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -174,6 +177,7 @@ def test_edit_an_uploaded_picture(client, tmp_path):
     (dict(prompt="a cat | | a dog"), "could not be read"),
     (dict(prompt="a cat:0 | a dog:0"), "could not be read"),
     (dict(search=4), "search needs a generator that draws random starts"),     # Fourier has no random starts
+    (dict(generator="grade"), "not in the list of choices|edit tab"),          # it only edits a given picture
     (dict(generator="stylegan", search=1000), "maximum value 64|search must be between"),
 ])
 def test_bad_generate_inputs_get_a_clear_message_and_the_app_stays_up(app, client, kwargs, message):

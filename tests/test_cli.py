@@ -152,6 +152,17 @@ def test_generate_takes_the_generator_families_own_settings(nano_path, tmp_path)
         steering_defaults("sketch")
 
 
+def test_command_line_generator_choices_follow_the_registry():
+    from clipguide.cli import _DRAWING, _EDITING
+    from clipguide.generators import EDIT_ONLY, GENERATORS
+
+    assert set(_EDITING) == set(GENERATORS) and set(_DRAWING) == set(GENERATORS) - set(EDIT_ONLY)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["generate", "a red star", "--out", "x.png", "--generator", "grade"])
+    assert build_parser().parse_args(["edit", "--image", "a.png", "--prompt", "at night", "--out", "b.png",
+                                      "--generator", "grade"]).generator == "grade"
+
+
 def test_demo_reads_pictures_and_steers_one(nano_path, tmp_path, capsys):
     out = tmp_path / "demo.png"
     assert main(["demo", "--model", str(nano_path), "--steps", "2", "--out", str(out)]) == 0

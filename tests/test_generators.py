@@ -39,7 +39,7 @@ def files(tmp_path_factory, clip):
 
 
 def test_registry_builds_every_family_the_same_way(files):
-    assert set(GENERATORS) == {"pixels", "fourier", "vqgan", "stylegan", "diffusion"}
+    assert set(GENERATORS) == {"pixels", "fourier", "grade", "vqgan", "stylegan", "diffusion"}
     for name in ("pixels", "fourier", "vqgan", "stylegan"):
         net = load_network(name, files.get(name))
         a = build_generator(name, size=32, seed=1, network=net)
@@ -76,7 +76,7 @@ def test_edit_keeps_what_the_mask_protects(clip):
     image = _picture()
     mask = torch.zeros(32, 32)
     mask[:, :16] = 1                                     # only the left half may change
-    for name in ("pixels", "fourier"):                   # a local latent and a global one
+    for name in ("pixels", "fourier", "grade"):          # a local latent, a global one, a colour grade
         seen = []
         res = edit_image(clip, image, "a blue square", generator=name, mask=mask, preserve=0.5, steps=30,
                          lr=0.1, cutouts=4, progress=False, frame_every=10, callback=lambda i: seen.append(i.images))

@@ -8,7 +8,7 @@ import torch
 
 import clipguide
 from clipguide.errors import InputError
-from clipguide.guide import (CLIPLoss, Cutouts, FourierImage, PixelImage, StopSteering, l2_to, range_penalty,
+from clipguide.guide import (CLIPLoss, Cutouts, FourierImage, GradedImage, PixelImage, StopSteering, l2_to, range_penalty,
                              saturation, steer, total_variation)
 from clipguide.tokenizer import Tokenizer
 
@@ -23,6 +23,41 @@ class TestPixels(GeneratorBattery):
 class TestFourier(GeneratorBattery):
     def build(self, batch=1, seed=0, init=None):
         return FourierImage(32, batch, init=init, generator=torch.Generator().manual_seed(seed))
+
+
+class TestGrade(GeneratorBattery):
+    """The colour grade starts from its image; the battery's seeds choose the image."""
+
+    def build(self, batch=1, seed=0, init=None):
+        if init is None:
+            init = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(100 + seed))
+        return GradedImage(32, batch, init=init)
+
+
+def _square(x0: int) -> torch.Tensor:
+    img = torch.full((1, 3, 32, 32), 0.6)
+    img[..., 8:24, x0:x0 + 16] = torch.tensor([0.9, 0.2, 0.1]).view(1, 3, 1, 1)
+    return img
+
+
+def test_grade_recolours_but_cannot_draw_or_move():
+    """Steered toward a darker, bluer copy of its picture, the grade gets there; toward the same
+    picture with the square moved, it cannot (12 numbers per picture move colours, not shapes)."""
+    from clipguide.guide.steer import steer
+
+    image = _square(4)
+    night = (image * torch.tensor([0.3, 0.35, 0.5]).view(1, 3, 1, 1) + torch.tensor([0.0, 0.02, 0.12]).view(1, 3, 1, 1))
+    moved = _square(12)
+    errors = {}
+    for name, target in (("night", night), ("moved", moved)):
+        gen = GradedImage(32, 1, init=image)
+        res = steer(gen, lambda x, generator=None: ((x - target) ** 2).mean(), steps=300, lr=0.05, progress=False)
+        errors[name] = float((res.images - target).abs().mean())
+    assert errors["night"] < 0.01 < (moved - image).abs().mean() * 0.5 < errors["moved"]
+    with pytest.raises(InputError, match="recolours an image"):
+        GradedImage(32, 1)
+    with pytest.raises(InputError, match="starts from an image"):
+        GradedImage(32, 1, init=image).choose_start(lambda x, generator=None: x.mean(), 2)
 
 
 # --- regularisers ------------------------------------------------------------------------------------

@@ -84,6 +84,11 @@ def _fourier(net, size, batch, init, rng, **kw):
     return FourierImage(size or 64, batch, init=init, generator=rng, **kw)
 
 
+def _grade(net, size, batch, init, rng, **kw):
+    from ..guide.params import GradedImage
+    return GradedImage(size or 64, batch, init=init, generator=rng, **kw)
+
+
 def _vqgan(net, size, batch, init, rng, **kw):
     from .vqgan import VQGANLatent
     return VQGANLatent(net, size=size or 64, batch=batch, init=init, generator=rng, **kw)
@@ -104,7 +109,10 @@ def _diffusion(net, size, batch, init, rng, **kw):
 
 
 GENERATORS: dict[str, Callable[..., Generator]] = {
-    "pixels": _pixels, "fourier": _fourier, "vqgan": _vqgan, "stylegan": _stylegan, "diffusion": _diffusion}
+    "pixels": _pixels, "fourier": _fourier, "grade": _grade, "vqgan": _vqgan, "stylegan": _stylegan,
+    "diffusion": _diffusion}
+# the families that only change a given image (edits), never draw one from a random start
+EDIT_ONLY: tuple[str, ...] = ("grade",)
 # the families whose run() can search among random starts (their networks draw them)
 SEARCHING: tuple[str, ...] = ("vqgan", "stylegan", "diffusion")
 _LOADERS: dict[str, Callable[..., Any]] = {"vqgan": _load_vqgan, "stylegan": _load_stylegan,
@@ -158,5 +166,5 @@ def build_generator(name: str, *, size: int | None = None, batch: int = 1, init:
     return GENERATORS[name](network, size, batch, init, rng, **options)
 
 
-__all__ = ["Generator", "GENERATORS", "build_generator", "load_network", "working_size", "steering_defaults", "ClampWithGrad", "to_unit", "from_unit", "freeze",
+__all__ = ["Generator", "GENERATORS", "EDIT_ONLY", "build_generator", "load_network", "working_size", "steering_defaults", "ClampWithGrad", "to_unit", "from_unit", "freeze",
            "check_init"]

@@ -1,5 +1,5 @@
-"""Image parameterizations that need no trained generator: raw pixels and a Fourier spectrum with
-decorrelated colour. Each is a Module whose parameters are the latent and whose forward() returns
+"""Image parameterizations that need no trained generator: raw pixels, a Fourier spectrum with
+decorrelated colour, and a global colour grade of a given image (edits of light and colour). Each is a Module whose parameters are the latent and whose forward() returns
 images (B, 3, H, W) in [0, 1]: the interface `steer` and the generator adapters share."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..generators.base import Generator
+from ..generators.base import ClampWithGrad, Generator
 from ..preprocess import check_images, resize_center_crop
 
 # Square root of the colour covariance of natural images (a common fact of feature visualisation):
@@ -97,4 +97,31 @@ class FourierImage(Generator):
         return torch.sigmoid(self._colour(x))
 
 
-PARAMETERIZATIONS = {"pixels": PixelImage, "fourier": FourierImage}
+class GradedImage(Generator):
+    """An image recoloured as a whole: per image, a 3 x 3 colour matrix and an offset are the only
+    parameters (12 numbers), so steering can change light and colour everywhere ("at night", "in
+    the snow", or an object's colour under a mask) but never draws texture or moves a shape. It
+    needs the image it recolours (`init`); `generator` is unused (the start is the image itself)."""
+
+    family = "grade"
+    from_image = True
+
+    def __init__(self, size: int | tuple[int, int] = 64, batch: int = 1, init: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        if init is None:
+            raise InputError("a colour grade recolours an image: give the image (init=...; on the command line, "
+                             "clipguide edit --image IN.png --generator grade)")
+        h, w = (size, size) if isinstance(size, int) else size
+        self.register_buffer("base", _init_image(init, batch, (h, w)).contiguous(), persistent=False)
+        self.latent = nn.Parameter(torch.zeros(batch, 3, 4))          # matrix - identity | offset
+        self.register_buffer("start", self.latent.detach().clone(), persistent=False)
+
+    def forward(self) -> torch.Tensor:
+        g = self.latent
+        matrix = torch.eye(3, dtype=g.dtype, device=g.device) + g[..., :3]
+        out = torch.einsum("bij,bjhw->bihw", matrix, self.base.to(g)) + g[..., 3, None, None]
+        return ClampWithGrad.apply(out, 0.0, 1.0)
+
+
+PARAMETERIZATIONS = {"pixels": PixelImage, "fourier": FourierImage, "grade": GradedImage}
