@@ -166,5 +166,5 @@ def build_generator(name: str, *, size: int | None = None, batch: int = 1, init:
     return GENERATORS[name](network, size, batch, init, rng, **options)
 
 
-__all__ = ["Generator", "GENERATORS", "EDIT_ONLY", "build_generator", "load_network", "working_size", "steering_defaults", "ClampWithGrad", "to_unit", "from_unit", "freeze",
-           "check_init"]
+__all__ = ["Generator", "GENERATORS", "EDIT_ONLY", "SEARCHING", "STEERING_BASE", "build_generator", "load_network",
+           "working_size", "steering_defaults", "ClampWithGrad", "to_unit", "from_unit", "freeze", "check_init"]

@@ -1,6 +1,7 @@
 """Image parameterizations that need no trained generator: raw pixels, a Fourier spectrum with
-decorrelated colour, and a global colour grade of a given image (edits of light and colour). Each is a Module whose parameters are the latent and whose forward() returns
-images (B, 3, H, W) in [0, 1]: the interface `steer` and the generator adapters share."""
+decorrelated colour, and a global colour grade of a given image (edits of light and colour). Each
+is a Module whose parameters are the latent and whose forward() returns images (B, 3, H, W) in
+[0, 1]: the interface `steer` and the generator adapters share."""
 from __future__ import annotations
 
 import math
