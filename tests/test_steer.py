@@ -8,8 +8,8 @@ import torch
 
 import clipguide
 from clipguide.errors import InputError
-from clipguide.guide import (CLIPLoss, Cutouts, FourierImage, GradedImage, PixelImage, StopSteering, l2_to, range_penalty,
-                             saturation, steer, total_variation)
+from clipguide.guide import (CLIPLoss, Cutouts, FourierImage, GradedImage, PixelImage, StopSteering, l2_to,
+                             range_penalty, saturation, steer, total_variation)
 from clipguide.tokenizer import Tokenizer
 
 from batteries import GeneratorBattery
@@ -43,8 +43,6 @@ def _square(x0: int) -> torch.Tensor:
 def test_grade_recolours_but_cannot_draw_or_move():
     """Steered toward a darker, bluer copy of its picture, the grade gets there; toward the same
     picture with the square moved, it cannot (12 numbers per picture move colours, not shapes)."""
-    from clipguide.guide.steer import steer
-
     image = _square(4)
     night = (image * torch.tensor([0.3, 0.35, 0.5]).view(1, 3, 1, 1) + torch.tensor([0.0, 0.02, 0.12]).view(1, 3, 1, 1))
     moved = _square(12)

@@ -117,11 +117,12 @@ class GradedImage(Generator):
         self.register_buffer("base", _init_image(init, batch, (h, w)).contiguous(), persistent=False)
         self.latent = nn.Parameter(torch.zeros(batch, 3, 4))          # matrix - identity | offset
         self.register_buffer("start", self.latent.detach().clone(), persistent=False)
+        self.register_buffer("eye", torch.eye(3), persistent=False)
 
     def forward(self) -> torch.Tensor:
         g = self.latent
-        matrix = torch.eye(3, dtype=g.dtype, device=g.device) + g[..., :3]
-        out = torch.einsum("bij,bjhw->bihw", matrix, self.base.to(g)) + g[..., 3, None, None]
+        matrix = self.eye + g[..., :3]
+        out = torch.einsum("bij,bjhw->bihw", matrix, self.base) + g[..., 3, None, None]
         return ClampWithGrad.apply(out, 0.0, 1.0)
 
 
