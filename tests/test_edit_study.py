@@ -7,7 +7,7 @@ import torch
 import clipguide
 
 from clipguide.errors import InputError
-from clipguide.guide.edit_study import EDIT_KINDS, edit_cases, edit_study, ssim
+from clipguide.guide.edit_study import EDIT_KINDS, box_of, edit_cases, edit_study, largest_part, ssim
 
 
 def test_cases_take_the_kinds_in_turn_and_know_where_the_edit_goes():
@@ -17,7 +17,8 @@ def test_cases_take_the_kinds_in_turn_and_know_where_the_edit_goes():
         assert c.image.shape == c.target_image.shape == (3, 64, 64)
         changed = (c.image - c.target_image).abs().amax(0) > 0.02
         assert changed.any(), c.kind
-        assert bool((c.region[changed] == 1).all())                   # the region covers every changed pixel
+        if c.kind != "gothic":
+            assert bool((c.region[changed] == 1).all())               # the region covers every changed pixel
         if c.kind == "colour":
             assert c.masked and c.region.mean() < 0.5 and c.source != c.target
             assert c.source.split()[-1] == c.target.split()[-1]        # same shape, another colour
@@ -27,6 +28,34 @@ def test_cases_take_the_kinds_in_turn_and_know_where_the_edit_goes():
             assert c.masked and "gothic church" in c.target and "gothic" not in c.source
     with pytest.raises(InputError):
         edit_cases(3, kinds=("cubism",))
+
+
+def test_gothic_mask_is_the_box_around_the_buildings_not_their_outline():
+    cases = edit_cases(10, kinds=("gothic",))
+    assert any("snow" in c.source for c in cases)                     # where snowflakes move between the renders
+    for c in cases:
+        rows, cols = c.region.nonzero().unbind(1)
+        box = c.region[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        assert bool((box == 1).all())                                 # a filled rectangle
+        assert 0.15 < float(c.region.mean()) < 0.75, c.source
+        changed = (c.image - c.target_image).abs().amax(0) > 0.02
+        assert float(c.region[changed].mean()) > 0.85                # nearly all of the change; stray flakes aside
+        # the new spires' outline is not in the mask: inside the box, changed and kept pixels both occur
+        inside = changed[c.region > 0]
+        assert 0.1 < float(inside.float().mean()) < 0.9
+
+
+def test_largest_part_and_box():
+    m = torch.zeros(12, 12)
+    m[1:4, 1:3] = 1                                                   # 6 pixels
+    m[6:10, 5:9] = 1                                                  # 16 pixels
+    m[10, 9] = 1                                                      # touches the big part diagonally
+    m[0, 11] = 1
+    big = largest_part(m)
+    assert big.sum() == 17 and big[10, 9] == 1 and big[1, 1] == 0 and big[0, 11] == 0
+    b = box_of(big)
+    assert b.sum() == 5 * 5 and b[6:11, 5:10].all() and b[5].sum() == 0
+    assert largest_part(torch.zeros(4, 4)).sum() == 0 and box_of(torch.zeros(4, 4)).sum() == 0
 
 
 def test_ssim_is_one_for_the_same_picture_and_lower_for_another():
