@@ -273,6 +273,7 @@ def _eval_edits(args) -> int:
     for i, c in enumerate(cases):
         print(json.dumps({"kind": c.kind, "source": c.source, "target": c.target, "masked": c.masked,
                           "applied": report.applied[i], "applied_before_edit": report.applied_before[i],
+                          "toward_truth": report.toward_truth[i],
                           "kept_rmse": round(report.kept_rmse[i], 4), "kept_ssim": round(report.kept_ssim[i], 4)}),
               flush=True)
     print(json.dumps({"task": "edits", "guide": args.model, "judge": args.judge, "generator": args.generator,

@@ -7,7 +7,8 @@ import torch
 import clipguide
 
 from clipguide.errors import InputError
-from clipguide.guide.edit_study import EDIT_KINDS, box_of, edit_cases, edit_study, largest_part, ssim
+from clipguide.guide.edit_study import (EDIT_KINDS, box_of, edit_cases, edit_study, judge_edits, largest_part,
+                                        ssim)
 
 
 def test_cases_take_the_kinds_in_turn_and_know_where_the_edit_goes():
@@ -80,3 +81,26 @@ def test_study_reports_applied_and_kept():
     for c, out, rmse in zip(cases, pics, report.kept_rmse):
         if c.masked:                                                  # nothing outside the mask moves
             assert rmse < 1e-5 and ((out - c.image).abs() * (1 - c.region)).max() < 1e-5
+
+
+def test_truth_check_tells_a_real_edit_from_a_recolouring_that_fools_a_judge():
+    judge = clipguide.load("judge")
+    cases = edit_cases(6, size=64)
+    truth = torch.stack([c.target_image for c in cases])
+    real = judge_edits(judge, cases, truth)
+    assert real.toward_truth == [True] * 6 and sum(real.applied) >= 5
+    assert real.kept_rmse[0] < 0.05                                   # a colour edit keeps the rest
+    none = judge_edits(judge, cases, torch.stack([c.image for c in cases]))
+    assert none.toward_truth == [False] * 6 and none.applied == none.applied_before
+    for level in (0.5, 0.6):                                          # the region washed grey, a hazier day
+        grey = torch.stack([c.image * (1 - c.region) + level * c.region if c.masked else c.image * 0.9 + 0.05
+                            for c in cases])
+        washed = judge_edits(judge, cases, grey)
+        assert washed.toward_truth == [False] * 6
+    blurred = torch.nn.functional.avg_pool2d(truth, 3, 1, 1, count_include_pad=False)
+    soft = judge_edits(judge, cases, blurred).toward_truth                  # the right edit, drawn softly
+    assert [t for c, t in zip(cases, soft) if c.kind != "colour"] == [True] * 4
+    s = washed.summary()
+    assert s["all"]["applied_and_toward_truth"] <= min(s["all"]["applied"], s["all"]["toward_truth"])
+    with pytest.raises(InputError):
+        judge_edits(judge, cases, truth[:2])

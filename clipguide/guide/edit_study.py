@@ -11,7 +11,11 @@ change (where the two renders differ, dilated by a pixel or two; for the church,
 around the largest such part, so that the mask does not carry the new outline). A colour change and
 the gothic church are edited with that region as the mask; "at night" changes every pixel and is measured by
 the structural similarity of the whole picture. "Applied" means the judge, which never guides,
-prefers the target text to the source text for the edited picture."""
+prefers the target text to the source text for the edited picture. Since a judge can be fooled too
+(a church recoloured grey passes for a gothic one), each edit is also checked against the truth:
+"toward the truth" means the edited picture closes at least a fifth of the gap between the
+original and the rendered edit, both in RMS and in structure (1 - SSIM), in the region (the whole
+picture for "at night"), so that neither a region washed flat nor a bare recolouring counts."""
 from __future__ import annotations
 
 import dataclasses
@@ -68,18 +72,13 @@ def _grow(mask: torch.Tensor, grow: int = 2) -> torch.Tensor:
 
 def largest_part(mask: torch.Tensor) -> torch.Tensor:
     """The largest 8-connected part of a 0/1 mask (H, W), as a 0/1 mask of the same shape."""
-    on = mask > 0
-    if not on.any():
-        return torch.zeros_like(mask, dtype=torch.float32)
-    h, w = on.shape
-    labels = torch.where(on, torch.arange(1, h * w + 1, dtype=torch.float32).view(h, w), torch.zeros(()))
-    while True:                    # every pixel takes the largest label among its neighbours in the mask
-        grown = F.max_pool2d(labels[None, None], 3, stride=1, padding=1)[0, 0] * on
-        if torch.equal(grown, labels):
-            break
-        labels = grown
-    ids, counts = labels[on].unique(return_counts=True)
-    return (labels == ids[counts.argmax()]).float()
+    from ..world.oracle import components
+
+    labels, n = components((mask > 0).cpu().numpy())
+    if n == 0:
+        return torch.zeros(mask.shape)
+    sizes = torch.from_numpy(labels).flatten().bincount(minlength=n + 1)[1:]
+    return torch.from_numpy(labels == int(sizes.argmax()) + 1).float()
 
 
 def box_of(mask: torch.Tensor) -> torch.Tensor:
@@ -173,6 +172,7 @@ class EditReport:
     kept_rmse: list[float]              # RMS change where nothing should change (whole picture for "night")
     kept_ssim: list[float]
     seconds: list[float] = field(default_factory=list)
+    toward_truth: list[bool] = field(default_factory=list)   # a fifth of the way to the rendered edit
 
     def summary(self) -> dict:
         out: dict = {"n": len(self.cases)}
@@ -184,6 +184,10 @@ class EditReport:
             out[key] = {"n": len(idx),
                         "applied": round(sum(self.applied[i] for i in idx) / len(idx), 4),
                         "applied_before_edit": round(sum(self.applied_before[i] for i in idx) / len(idx), 4),
+                        **({"toward_truth": round(sum(self.toward_truth[i] for i in idx) / len(idx), 4),
+                            "applied_and_toward_truth": round(sum(self.applied[i] and self.toward_truth[i]
+                                                                  for i in idx) / len(idx), 4)}
+                           if self.toward_truth else {}),
                         "kept_rmse_max": round(max(self.kept_rmse[i] for i in idx), 4),
                         "kept_rmse_mean": round(sum(self.kept_rmse[i] for i in idx) / len(idx), 4),
                         "kept_ssim_min": round(min(self.kept_ssim[i] for i in idx), 4),
@@ -240,14 +244,41 @@ def edit_study(guide, judge, cases: Sequence[EditCase], *, generator: str = "fou
     if bar is not None:
         bar.close()
     pics = torch.stack(edited)
+    return judge_edits(judge, cases, pics, seconds), pics
+
+
+def judge_edits(judge, cases: Sequence[EditCase], pics: torch.Tensor, seconds: Sequence[float] = ()) -> EditReport:
+    """Score edited pictures (N, 3, H, W), one per case: the judge's verdict before and after, how
+    much of what should stay did, and whether each moved toward the rendered truth."""
+    if len(pics) != len(cases):
+        raise InputError(f"{len(pics)} edited pictures for {len(cases)} cases")
     originals = torch.stack([c.image for c in cases])
     text = _source_target_text(judge, cases)                              # encoded once for both checks
     applied = _prefers_target(judge, pics, text)
     before = _prefers_target(judge, originals, text)
-    rmse, kept = [], []
+    rmse, kept, truth = [], [], []
     for c, out in zip(cases, pics):
         keep = None if c.kind == "night" else 1 - c.region
-        d2 = (out - c.image) ** 2
-        rmse.append(float(d2.mean().sqrt()) if keep is None else float(((d2 * keep).sum() / (3 * keep.sum()).clamp(min=1)).sqrt()))
+        rmse.append(_rms(out, c.image, keep))
         kept.append(ssim(out, c.image, keep))
-    return EditReport(list(cases), applied, before, rmse, kept, seconds), pics
+        where = None if c.kind == "night" else c.region
+        truth.append(_toward(out, c, where))
+    return EditReport(list(cases), applied, before, rmse, kept, list(seconds), truth)
+
+
+def _toward(out: torch.Tensor, case: EditCase, where: torch.Tensor | None, share: float = 0.2) -> bool:
+    """Does `out` close at least `share` of the gap between the original and the rendered edit,
+    both in RMS and in structure (1 - SSIM, with 0.01 of slack where the structure stays)?"""
+    rms_gap = _rms(case.image, case.target_image, where)
+    ssim_gap = 1 - ssim(case.image, case.target_image, where)
+    return (_rms(out, case.target_image, where) <= (1 - share) * rms_gap
+            and 1 - ssim(out, case.target_image, where) <= (1 - share) * ssim_gap + 0.01)
+
+
+def _rms(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    """Root mean square difference of two images (3, H, W), where `mask` (H, W) is 1 (everywhere
+    without one)."""
+    d2 = (a - b) ** 2
+    if mask is None:
+        return float(d2.mean().sqrt())
+    return float(((d2 * mask).sum() / (3 * mask.sum()).clamp(min=1)).sqrt())
