@@ -274,6 +274,8 @@ def _eval_edits(args) -> int:
         print(json.dumps({"kind": c.kind, "source": c.source, "target": c.target, "masked": c.masked,
                           "applied": report.applied[i], "applied_before_edit": report.applied_before[i],
                           "toward_truth": report.toward_truth[i],
+                          "truth_rmse": [round(v, 4) for v in report.truth_rmse[i]],
+                          "truth_ssim": [round(v, 4) for v in report.truth_ssim[i]],
                           "kept_rmse": round(report.kept_rmse[i], 4), "kept_ssim": round(report.kept_ssim[i], 4)}),
               flush=True)
     print(json.dumps({"task": "edits", "guide": args.model, "judge": args.judge, "generator": args.generator,

@@ -104,3 +104,22 @@ def test_truth_check_tells_a_real_edit_from_a_recolouring_that_fools_a_judge():
     assert s["all"]["applied_and_toward_truth"] <= min(s["all"]["applied"], s["all"]["toward_truth"])
     with pytest.raises(InputError):
         judge_edits(judge, cases, truth[:2])
+
+
+def test_eval_edits_command_prints_each_edit_with_its_truth_check(tmp_path, capsys):
+    import json
+
+    from clipguide.cli import main
+
+    sheet = tmp_path / "edits.png"
+    assert main(["eval", "edits", "--model", "default", "--judge", "judge", "--edits", "3", "--generator", "grade",
+                 "--steps", "2", "--cutouts", "2", "--sheet", str(sheet)]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert [x["kind"] for x in lines[:3]] == list(EDIT_KINDS) and lines[-1]["task"] == "edits"
+    for x in lines[:3]:
+        before, after = x["truth_rmse"]
+        assert before > 0 and after >= 0
+        s_before, s_after = x["truth_ssim"]
+        assert x["toward_truth"] == (after <= 0.8 * before and 1 - s_after <= 0.8 * (1 - s_before) + 0.01)
+    assert {"toward_truth", "applied_and_toward_truth"} <= set(lines[-1]["all"])
+    assert sheet.stat().st_size > 0

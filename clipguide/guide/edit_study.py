@@ -173,6 +173,8 @@ class EditReport:
     kept_ssim: list[float]
     seconds: list[float] = field(default_factory=list)
     toward_truth: list[bool] = field(default_factory=list)   # a fifth of the way to the rendered edit
+    truth_rmse: list[tuple[float, float]] = field(default_factory=list)    # (original, edited) to the rendered edit
+    truth_ssim: list[tuple[float, float]] = field(default_factory=list)
 
     def summary(self) -> dict:
         out: dict = {"n": len(self.cases)}
@@ -256,23 +258,24 @@ def judge_edits(judge, cases: Sequence[EditCase], pics: torch.Tensor, seconds: S
     text = _source_target_text(judge, cases)                              # encoded once for both checks
     applied = _prefers_target(judge, pics, text)
     before = _prefers_target(judge, originals, text)
-    rmse, kept, truth = [], [], []
+    rmse, kept, truth, truth_rmse, truth_ssim = [], [], [], [], []
     for c, out in zip(cases, pics):
         keep = None if c.kind == "night" else 1 - c.region
         rmse.append(_rms(out, c.image, keep))
         kept.append(ssim(out, c.image, keep))
         where = None if c.kind == "night" else c.region
-        truth.append(_toward(out, c, where))
-    return EditReport(list(cases), applied, before, rmse, kept, list(seconds), truth)
+        truth_rmse.append((_rms(c.image, c.target_image, where), _rms(out, c.target_image, where)))
+        truth_ssim.append((ssim(c.image, c.target_image, where), ssim(out, c.target_image, where)))
+        truth.append(_toward(truth_rmse[-1], truth_ssim[-1]))
+    return EditReport(list(cases), applied, before, rmse, kept, list(seconds), truth, truth_rmse, truth_ssim)
 
 
-def _toward(out: torch.Tensor, case: EditCase, where: torch.Tensor | None, share: float = 0.2) -> bool:
-    """Does `out` close at least `share` of the gap between the original and the rendered edit,
-    both in RMS and in structure (1 - SSIM, with 0.01 of slack where the structure stays)?"""
-    rms_gap = _rms(case.image, case.target_image, where)
-    ssim_gap = 1 - ssim(case.image, case.target_image, where)
-    return (_rms(out, case.target_image, where) <= (1 - share) * rms_gap
-            and 1 - ssim(out, case.target_image, where) <= (1 - share) * ssim_gap + 0.01)
+def _toward(rmse: tuple[float, float], similarity: tuple[float, float], share: float = 0.2) -> bool:
+    """Given (original, edited) RMS and SSIM to the rendered edit: does the edit close at least
+    `share` of the gap both in RMS and in structure (1 - SSIM, with 0.01 of slack where the
+    structure stays)?"""
+    return (rmse[1] <= (1 - share) * rmse[0]
+            and 1 - similarity[1] <= (1 - share) * (1 - similarity[0]) + 0.01)
 
 
 def _rms(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
