@@ -100,8 +100,12 @@ def test_truth_check_tells_a_real_edit_from_a_recolouring_that_fools_a_judge():
     blurred = torch.nn.functional.avg_pool2d(truth, 3, 1, 1, count_include_pad=False)
     soft = judge_edits(judge, cases, blurred).toward_truth                  # the right edit, drawn softly
     assert [t for c, t in zip(cases, soft) if c.kind != "colour"] == [True] * 4
-    s = washed.summary()
-    assert s["all"]["applied_and_toward_truth"] <= min(s["all"]["applied"], s["all"]["toward_truth"])
+    mixed = judge_edits(judge, cases, torch.stack([truth[0], cases[1].image, *truth[2:]]))
+    assert mixed.toward_truth == [True, False, True, True, True, True]
+    s = mixed.summary()
+    both = sum(a and t for a, t in zip(mixed.applied, mixed.toward_truth))
+    assert s["all"]["applied_and_toward_truth"] == round(both / 6, 4) and s["all"]["toward_truth"] == round(5 / 6, 4)
+    assert s["night"]["toward_truth"] == 0.5
     with pytest.raises(InputError):
         judge_edits(judge, cases, truth[:2])
 

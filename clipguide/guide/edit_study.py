@@ -8,9 +8,9 @@ picture stay put?
 Each case knows the truth because the world renders it: the source picture, the picture the edit
 should produce (the same render parameters with one thing changed), and so the region that should
 change (where the two renders differ, dilated by a pixel or two; for the church, the rectangle
-around the largest such part, so that the mask does not carry the new outline). A colour change and
-the gothic church are edited with that region as the mask; "at night" changes every pixel and is measured by
-the structural similarity of the whole picture. "Applied" means the judge, which never guides,
+around the largest such part, so that the mask does not carry the new outline). A colour change
+and the gothic church are edited with that region as the mask; "at night" changes every pixel and
+is measured by the structural similarity of the whole picture. "Applied" means the judge, which never guides,
 prefers the target text to the source text for the edited picture. Since a judge can be fooled too
 (a church recoloured grey passes for a gothic one), each edit is also checked against the truth:
 "toward the truth" means the edited picture closes at least a fifth of the gap between the
