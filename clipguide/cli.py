@@ -267,7 +267,7 @@ def _eval_edits(args) -> int:
     judge = clipguide.load(args.judge, device=args.device)
     cases = edit_cases(args.edits, seed=args.seed)
     report, pictures = edit_study(guide, judge, cases, generator=args.generator, steps=args.steps, lr=args.lr,
-                                  cutouts=args.cutouts, preserve=args.preserve, seed=args.seed,
+                                  cutouts=args.cutouts, preserve=args.preserve, outside=args.outside, seed=args.seed,
                                   generator_model=args.generator_model, generator_options=_generator_options(args),
                                   run_options=run_options)
     for i, c in enumerate(cases):
@@ -279,7 +279,8 @@ def _eval_edits(args) -> int:
                           "kept_rmse": round(report.kept_rmse[i], 4), "kept_ssim": round(report.kept_ssim[i], 4)}),
               flush=True)
     print(json.dumps({"task": "edits", "guide": args.model, "judge": args.judge, "generator": args.generator,
-                      "steps": args.steps, "preserve": args.preserve, **report.summary()}), flush=True)
+                      "steps": args.steps, "preserve": args.preserve, "outside": args.outside, **report.summary()}),
+          flush=True)
     if args.sheet:
         from clipguide.world import contact_sheet
 
@@ -407,7 +408,8 @@ def cmd_edit(args) -> int:
     image = load_image(args.image)[None]
     mask = load_image(args.mask).mean(dim=0) if args.mask else None
     result = edit_image(model, image, args.prompt, source=args.source, generator=args.generator, mask=mask,
-                        preserve=args.preserve, latent_weight=args.latent_weight, steps=args.steps, lr=args.lr,
+                        preserve=args.preserve, outside=args.outside, latent_weight=args.latent_weight,
+                        steps=args.steps, lr=args.lr,
                         cutouts=args.cutouts, seed=args.seed, size=args.size, strength=args.strength,
                         network=_generator_network(args), generator_options=_generator_options(args),
                         run_options=run_options, frame_every=max(1, args.steps // 40) if args.timelapse else 0)
@@ -433,6 +435,12 @@ def _add_generator_args(p: argparse.ArgumentParser, default: str = "fourier", ed
     p.add_argument("--space", choices=["w", "w+"], default="w+", help="stylegan: latent space (default w+)")
     p.add_argument("--truncation", type=float, default=0.7, help="stylegan: truncation of the start (default 0.7)")
     _add_guidance_scale(p)
+
+
+def _add_outside(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--outside", type=float, default=10.0, metavar="W",
+                   help="masked edits: weight of the generator's own picture staying like the original outside "
+                   "the mask, so that a grade or a StyleGAN latent changes only what the mask holds (default 10)")
 
 
 def _add_search(p: argparse.ArgumentParser) -> None:
@@ -521,6 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search(p)
     p.add_argument("--edits", type=int, default=30, help="edits: pictures edited (default 30)")
     p.add_argument("--preserve", type=float, default=1.0, help="edits: weight of staying near the original (default 1)")
+    _add_outside(p)
     p.add_argument("--steps", type=int, default=None, help="guided, edits: steps per picture (default: " + _FAMILY_DEFAULTS
                    + "; edits 100)")
     p.add_argument("--lr", type=float, default=None, help="guided, edits: learning rate (default: the generator's own; "
@@ -578,8 +587,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default=None, help="what it shows now (makes the loss directional)")
     p.add_argument("--out", required=True, help="output image (.png keeps the provenance)")
     p.add_argument("--mask", default=None, help="image whose white part may change (default: all of it)")
-    p.add_argument("--preserve", type=float, default=1.0, help="weight of staying close to the original outside "
-                   "the mask (default 1.0)")
+    p.add_argument("--preserve", type=float, default=1.0, help="weight of staying close to the original "
+                   "(default 1.0)")
+    _add_outside(p)
     p.add_argument("--latent-weight", type=float, default=0.0, help="weight of staying close to the image's latent")
     p.add_argument("--strength", type=float, default=0.6, help="diffusion: how far the image is re-noised (0-1, "
                    "default 0.6)")

@@ -86,6 +86,30 @@ def test_edit_keeps_what_the_mask_protects(clip):
         assert res.provenance["edit"] and res.provenance["masked"]
 
 
+def test_a_masked_grade_recolours_the_object_and_not_the_masks_margin():
+    """A loose mask holds the object and a margin of background. Held to the original outside the
+    mask (`outside`, on by default), the grade's one colour map must keep the background's colours,
+    so the margin keeps them and only the object takes the new colour."""
+    from clipguide.guide.edit_study import edit_cases
+
+    case = edit_cases(1, kinds=("colour",))[0]
+    obj = ((case.image - case.target_image).abs().amax(0) > 0.02).float()
+    margin = case.region - obj
+    assert margin.sum() > 100                                             # a 2-pixel ring around the square
+    guide = clipguide.load("default")
+    change = {}
+    for outside in (0.0, 10.0):
+        res = edit_image(guide, case.image[None], case.target, source=case.source, generator="grade",
+                         mask=case.region, outside=outside, steps=50, cutouts=8, progress=False)
+        d = (res.images[0] - case.image).abs().amax(0)
+        change[outside] = (float((d * margin).sum() / margin.sum()), float((d * obj).sum() / obj.sum()))
+        assert res.provenance["outside"] == outside
+    assert change[10.0][0] < 0.15 * change[0.0][0]                        # the margin keeps its colour
+    assert change[10.0][1] > 0.2                                          # the object still changes
+    with pytest.raises(InputError, match="outside"):
+        edit_image(guide, case.image[None], case.target, generator="grade", mask=case.region, outside=-1)
+
+
 def test_directional_edit_and_generators_with_latents(clip, files):
     image = _picture()
     for name in ("fourier", "vqgan", "stylegan"):

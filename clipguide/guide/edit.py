@@ -9,7 +9,10 @@ Preservation: the pixels stay near the original (squared distance, weight `prese
 latent stays near the image's own latent (weight `latent_weight`, for generators that have one).
 A mask (1 = may change, soft values blend) limits the edit to a region: every picture the loss sees,
 and the result, is the generated picture inside the mask over the original outside it, so nothing
-outside the mask changes, whatever the generator.
+outside the mask changes, whatever the generator. The generator's own picture is also held near the
+original outside the mask (weight `outside`): where its parameters act on the whole picture (a
+colour grade's matrix, a StyleGAN latent) that keeps the change to what only the mask holds, so a
+loose mask's margin of background does not take the new colour along with the object.
 """
 from __future__ import annotations
 
@@ -52,7 +55,8 @@ class _Masked:
 
 
 def edit_image(model, image: torch.Tensor, prompt, *, source: str | None = None, generator: str = "fourier",
-               mask: torch.Tensor | None = None, preserve: float = 1.0, latent_weight: float = 0.0,
+               mask: torch.Tensor | None = None, preserve: float = 1.0, outside: float = 10.0,
+               latent_weight: float = 0.0,
                steps: int = 100, lr: float = 0.05, cutouts: int = 16, seed: int = 0, size: int | None = None,
                strength: float = 0.6, network=None, generator_model=None, generator_options: dict | None = None,
                progress: bool = True, frame_every: int = 0, callback=None, callback_every: int = 1,
@@ -70,8 +74,8 @@ def edit_image(model, image: torch.Tensor, prompt, *, source: str | None = None,
     image = check_images(image)
     if image.dim() != 4 or image.shape[0] != 1:
         raise InputError(f"edit one image at a time: got a batch of shape {tuple(image.shape)}")
-    if preserve < 0 or latent_weight < 0:
-        raise InputError("preserve and latent_weight must be >= 0")
+    if preserve < 0 or latent_weight < 0 or outside < 0:
+        raise InputError("preserve, outside and latent_weight must be >= 0")
     if network is None:
         network = load_network(generator, generator_model)
     hw = _fit_size(generator, image, size, network)
@@ -104,8 +108,10 @@ def edit_image(model, image: torch.Tensor, prompt, *, source: str | None = None,
     if region is not None:
         loss = _Masked(loss, target, region)
     regs = [(lambda x: l2_to(x if region is None else loss.composite(x), target), preserve)] if preserve else []
+    if outside and region is not None:
+        regs.append((lambda x: l2_to(x, target, 1 - region), outside))
     settings = {"edit": True, "source": source, "generator": generator, "size": list(hw), "preserve": preserve,
-                "latent_weight": latent_weight, "masked": mask is not None, "cutouts": cutouts}
+                "outside": outside if region is not None else 0.0, "latent_weight": latent_weight, "masked": mask is not None, "cutouts": cutouts}
     def composited(info):                                 # the caller sees the composite too
         info.images = loss.composite(info.images)
         return callback(info)
