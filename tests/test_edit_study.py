@@ -99,7 +99,7 @@ def test_truth_check_tells_a_real_edit_from_a_recolouring_that_fools_a_judge():
         assert washed.toward_truth == [False] * 6
     blurred = torch.nn.functional.avg_pool2d(truth, 3, 1, 1, count_include_pad=False)
     soft = judge_edits(judge, cases, blurred).toward_truth                  # the right edit, drawn softly
-    assert [t for c, t in zip(cases, soft) if c.kind != "colour"] == [True] * 4
+    assert soft == [True] * 6
     mixed = judge_edits(judge, cases, torch.stack([truth[0], cases[1].image, *truth[2:]]))
     assert mixed.toward_truth == [True, False, True, True, True, True]
     s = mixed.summary()
@@ -124,6 +124,6 @@ def test_eval_edits_command_prints_each_edit_with_its_truth_check(tmp_path, caps
         before, after = x["truth_rmse"]
         assert before > 0 and after >= 0
         s_before, s_after = x["truth_ssim"]
-        assert x["toward_truth"] == (after <= 0.8 * before and 1 - s_after <= 0.8 * (1 - s_before) + 0.01)
+        assert x["toward_truth"] == (after <= 0.8 * before and 1 - s_after <= max(0.8 * (1 - s_before), 0.1))
     assert {"toward_truth", "applied_and_toward_truth"} <= set(lines[-1]["all"])
     assert sheet.stat().st_size > 0

@@ -14,8 +14,9 @@ is measured by the structural similarity of the whole picture. "Applied" means t
 prefers the target text to the source text for the edited picture. Since a judge can be fooled too
 (a church recoloured grey passes for a gothic one), each edit is also checked against the truth:
 "toward the truth" means the edited picture closes at least a fifth of the gap between the
-original and the rendered edit, both in RMS and in structure (1 - SSIM), in the region (the whole
-picture for "at night"), so that neither a region washed flat nor a bare recolouring counts."""
+original and the rendered edit, both in RMS and in structure (1 - SSIM; where the structure need
+not change, an SSIM of 0.9 keeps it), in the region (the whole picture for "at night"), so that
+neither a region washed flat nor a bare recolouring counts."""
 from __future__ import annotations
 
 import dataclasses
@@ -270,12 +271,13 @@ def judge_edits(judge, cases: Sequence[EditCase], pics: torch.Tensor, seconds: S
     return EditReport(list(cases), applied, before, rmse, kept, list(seconds), truth, truth_rmse, truth_ssim)
 
 
-def _toward(rmse: tuple[float, float], similarity: tuple[float, float], share: float = 0.2) -> bool:
+def _toward(rmse: tuple[float, float], similarity: tuple[float, float], share: float = 0.2,
+            kept: float = 0.9) -> bool:
     """Given (original, edited) RMS and SSIM to the rendered edit: does the edit close at least
-    `share` of the gap both in RMS and in structure (1 - SSIM, with 0.01 of slack where the
-    structure stays)?"""
+    `share` of the gap both in RMS and in structure (1 - SSIM)? Where the structure need not change
+    (a colour of the same lightness), an SSIM of `kept` or more counts as keeping it."""
     return (rmse[1] <= (1 - share) * rmse[0]
-            and 1 - similarity[1] <= (1 - share) * (1 - similarity[0]) + 0.01)
+            and 1 - similarity[1] <= max((1 - share) * (1 - similarity[0]), 1 - kept))
 
 
 def _rms(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
