@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 import clipguide
+from clipguide.generators import edit_preserve
 
 BUNDLED_GENERATORS = ("fourier", "pixels")
 
@@ -373,9 +374,10 @@ def build_app(config: AppConfig | None = None, models: Models | None = None):
                     source = gr.Textbox(label="what it shows now (optional: directional edit)")
                     mask = gr.Image(label="mask (white = may change, optional)", type="filepath",
                                     sources=["upload"])
-                    preserve = gr.Slider(0, 20, value=1.0, step=0.1, label="keep the rest (preservation)")
+                    e_gens = models.generator_names(edit=True)
+                    preserve = gr.Slider(0, 20, value=edit_preserve(e_gens[0]), step=0.1,
+                                         label="keep the rest (preservation)")
                     with gr.Row():
-                        e_gens = models.generator_names(edit=True)
                         e_generator = gr.Dropdown(e_gens, value=e_gens[0], label="generator")
                         e_model = gr.Dropdown(guides, value=guides[0], label="guide model")
                     e_steps = gr.Slider(1, config.max_steps, value=min(config.default_steps, config.max_steps),
@@ -394,6 +396,8 @@ def build_app(config: AppConfig | None = None, models: Models | None = None):
                                [e_preview, e_status, gallery_state, e_png, e_gif], api_name="edit",
                                concurrency_id="steer")
             e_stop.click(None, None, None, cancels=[e_run], api_name="cancel_edit")
+            # each generator family's own preservation (the grade needs none) as the slider's value
+            e_generator.change(edit_preserve, e_generator, preserve, api_name=False)
         gallery_state.change(lambda g: g, gallery_state, gallery, api_name=False)
     app.queue(max_size=config.queue_size, default_concurrency_limit=config.concurrency)
     return app

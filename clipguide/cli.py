@@ -259,6 +259,7 @@ def _candidates(option: str, prompts: list[str]) -> list[str]:
 
 def _eval_edits(args) -> int:
     import clipguide
+    from clipguide.generators import edit_preserve
     from clipguide.guide.edit_study import edit_cases, edit_study
 
     run_options = _run_options(args)                      # checked before anything loads
@@ -279,7 +280,8 @@ def _eval_edits(args) -> int:
                           "kept_rmse": round(report.kept_rmse[i], 4), "kept_ssim": round(report.kept_ssim[i], 4)}),
               flush=True)
     print(json.dumps({"task": "edits", "guide": args.model, "judge": args.judge, "generator": args.generator,
-                      "steps": args.steps, "preserve": args.preserve, "outside": args.outside, **report.summary()}),
+                      "steps": args.steps, "preserve": edit_preserve(args.generator, args.preserve),
+                      "outside": args.outside, **report.summary()}),
           flush=True)
     if args.sheet:
         from clipguide.world import contact_sheet
@@ -528,7 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_guidance_scale(p)
     _add_search(p)
     p.add_argument("--edits", type=int, default=30, help="edits: pictures edited (default 30)")
-    p.add_argument("--preserve", type=float, default=1.0, help="edits: weight of staying near the original (default 1)")
+    p.add_argument("--preserve", type=float, default=None, help="edits: weight of staying near the original "
+                   "(default 1; grade 0)")
     _add_outside(p)
     p.add_argument("--steps", type=int, default=None, help="guided, edits: steps per picture (default: " + _FAMILY_DEFAULTS
                    + "; edits 100)")
@@ -587,8 +590,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default=None, help="what it shows now (makes the loss directional)")
     p.add_argument("--out", required=True, help="output image (.png keeps the provenance)")
     p.add_argument("--mask", default=None, help="image whose white part may change (default: all of it)")
-    p.add_argument("--preserve", type=float, default=1.0, help="weight of staying close to the original "
-                   "(default 1.0)")
+    p.add_argument("--preserve", type=float, default=None, help="weight of staying close to the original "
+                   "(default 1; grade 0: it cannot draw or move anything)")
     _add_outside(p)
     p.add_argument("--latent-weight", type=float, default=0.0, help="weight of staying close to the image's latent")
     p.add_argument("--strength", type=float, default=0.6, help="diffusion: how far the image is re-noised (0-1, "

@@ -110,6 +110,20 @@ def test_a_masked_grade_recolours_the_object_and_not_the_masks_margin():
         edit_image(guide, case.image[None], case.target, generator="grade", mask=case.region, outside=-1)
 
 
+def test_each_family_edits_with_its_own_preservation_unless_told(clip):
+    from clipguide.generators import EDIT_PRESERVE, edit_preserve
+
+    assert edit_preserve("grade") == 0.0 and edit_preserve("fourier") == edit_preserve("stylegan") == EDIT_PRESERVE
+    assert edit_preserve("grade", 2.5) == 2.5 and edit_preserve("pixels", 0.0) == 0.0
+    with pytest.raises(InputError, match="not one of"):
+        edit_preserve("cubism")
+    image = _picture()
+    for name, given, used in (("grade", None, 0.0), ("grade", 3.0, 3.0), ("pixels", None, 1.0)):
+        res = edit_image(clip, image, "a blue square", generator=name, preserve=given, steps=1, cutouts=2,
+                         progress=False)
+        assert res.provenance["preserve"] == used, name
+
+
 def test_directional_edit_and_generators_with_latents(clip, files):
     image = _picture()
     for name in ("fourier", "vqgan", "stylegan"):

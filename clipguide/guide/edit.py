@@ -5,8 +5,9 @@ not change close to the original.
     result = edit_image(clip, image, "a church at night", source="a church at day")
     result.save("night.png")
 
-Preservation: the pixels stay near the original (squared distance, weight `preserve`), and the
-latent stays near the image's own latent (weight `latent_weight`, for generators that have one).
+Preservation: the pixels stay near the original (squared distance, weight `preserve`: 1 unless
+given, 0 for the colour grade, which cannot draw or move anything), and the latent stays near the
+image's own latent (weight `latent_weight`, for generators that have one).
 A mask (1 = may change, soft values blend) limits the edit to a region: every picture the loss sees,
 and the result, is the generated picture inside the mask over the original outside it, so nothing
 outside the mask changes, whatever the generator. The generator's own picture is also held near the
@@ -55,7 +56,7 @@ class _Masked:
 
 
 def edit_image(model, image: torch.Tensor, prompt, *, source: str | None = None, generator: str = "fourier",
-               mask: torch.Tensor | None = None, preserve: float = 1.0, outside: float = 10.0,
+               mask: torch.Tensor | None = None, preserve: float | None = None, outside: float = 10.0,
                latent_weight: float = 0.0,
                steps: int = 100, lr: float = 0.05, cutouts: int = 16, seed: int = 0, size: int | None = None,
                strength: float = 0.6, network=None, generator_model=None, generator_options: dict | None = None,
@@ -74,6 +75,9 @@ def edit_image(model, image: torch.Tensor, prompt, *, source: str | None = None,
     image = check_images(image)
     if image.dim() != 4 or image.shape[0] != 1:
         raise InputError(f"edit one image at a time: got a batch of shape {tuple(image.shape)}")
+    from ..generators import edit_preserve
+
+    preserve = edit_preserve(generator, preserve)
     if preserve < 0 or latent_weight < 0 or outside < 0:
         raise InputError("preserve, outside and latent_weight must be >= 0")
     if network is None:
