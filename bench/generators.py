@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import peak_rss_of  # noqa: E402
 
-FAMILIES = ("pixels", "fourier", "vqgan", "stylegan", "diffusion")
+FAMILIES = ("pixels", "fourier", "grade", "vqgan", "stylegan", "diffusion")
 
 # what one family's process runs; prints one JSON line
 _RUN = r'''
@@ -51,7 +51,8 @@ elif family == "diffusion":
                                  up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), norm_num_groups=8)
     network = DiffusionModel(unet=unet.eval().requires_grad_(False), scheduler=diffusers.DDIMScheduler())
     source = "random, planned bundled size"
-gen = build_generator(family, size=None if family == "stylegan" else size, seed=0, network=network,
+init = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)) if family == "grade" else None
+gen = build_generator(family, size=None if family == "stylegan" else size, seed=0, network=network, init=init,
                       **({{"sample_steps": steps + 3}} if family == "diffusion" else {{}}))
 loss = CLIPLoss(model, "a gothic church", cutouts=Cutouts(size=size, n=16))
 times = []
