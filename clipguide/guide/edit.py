@@ -57,17 +57,16 @@ class _Masked:
 
 def edit_image(model, image: torch.Tensor, prompt, *, source: str | None = None, generator: str = "fourier",
                mask: torch.Tensor | None = None, preserve: float | None = None, outside: float = 10.0,
-               latent_weight: float = 0.0,
-               steps: int = 100, lr: float = 0.05, cutouts: int = 16, seed: int = 0, size: int | None = None,
-               strength: float = 0.6, network=None, generator_model=None, generator_options: dict | None = None,
-               progress: bool = True, frame_every: int = 0, callback=None, callback_every: int = 1,
-               run_options: dict | None = None):
+               latent_weight: float = 0.0, steps: int = 100, lr: float = 0.05, cutouts: int = 16, seed: int = 0,
+               size: int | None = None, strength: float = 0.6, network=None, generator_model=None,
+               generator_options: dict | None = None, progress: bool = True, frame_every: int = 0, callback=None,
+               callback_every: int = 1, run_options: dict | None = None):
     """Edit `image` (1, 3, H, W) in [0, 1] toward `prompt` with guide `model`. With `source` (what the
     image shows now) the loss is directional. `strength` is how far a diffusion edit re-noises the
     image (0-1). `callback(StepInfo)` runs every `callback_every` steps; `run_options` go to the
     generator's run() (diffusion: guidance_scale). Returns a SteerResult whose provenance records
     the edit."""
-    from ..generators import build_generator, load_network
+    from ..generators import build_generator, edit_preserve, load_network
     from .augment import Cutouts
     from .loss import CLIPLoss
     from .regularisers import l2_to
@@ -75,8 +74,6 @@ def edit_image(model, image: torch.Tensor, prompt, *, source: str | None = None,
     image = check_images(image)
     if image.dim() != 4 or image.shape[0] != 1:
         raise InputError(f"edit one image at a time: got a batch of shape {tuple(image.shape)}")
-    from ..generators import edit_preserve
-
     preserve = edit_preserve(generator, preserve)
     if preserve < 0 or latent_weight < 0 or outside < 0:
         raise InputError("preserve, outside and latent_weight must be >= 0")
@@ -115,7 +112,8 @@ def edit_image(model, image: torch.Tensor, prompt, *, source: str | None = None,
     if outside and region is not None:
         regs.append((lambda x: l2_to(x, target, 1 - region), outside))
     settings = {"edit": True, "source": source, "generator": generator, "size": list(hw), "preserve": preserve,
-                "outside": outside if region is not None else 0.0, "latent_weight": latent_weight, "masked": mask is not None, "cutouts": cutouts}
+                "outside": outside if region is not None else 0.0, "latent_weight": latent_weight,
+                "masked": mask is not None, "cutouts": cutouts}
     def composited(info):                                 # the caller sees the composite too
         info.images = loss.composite(info.images)
         return callback(info)

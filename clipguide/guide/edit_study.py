@@ -215,7 +215,8 @@ def _prefers_target(judge, images: torch.Tensor, text: torch.Tensor) -> list[boo
 
 
 def edit_study(guide, judge, cases: Sequence[EditCase], *, generator: str = "fourier", steps: int = 100,
-               lr: float = 0.05, cutouts: int = 16, preserve: float | None = None, seed: int = 0, progress: bool = True,
+               lr: float = 0.05, cutouts: int = 16, preserve: float | None = None, seed: int = 0,
+               progress: bool = True,
                generator_model=None, generator_options: dict | None = None, **edit_options
                ) -> tuple[EditReport, torch.Tensor]:
     """Edit every case with `guide` (directional: from its source text to its target), then judge.
@@ -272,12 +273,12 @@ def judge_edits(judge, cases: Sequence[EditCase], pics: torch.Tensor, seconds: S
 
 
 def _toward(rmse: tuple[float, float], similarity: tuple[float, float], share: float = 0.2,
-            kept: float = 0.9) -> bool:
+            same_structure: float = 0.9) -> bool:
     """Given (original, edited) RMS and SSIM to the rendered edit: does the edit close at least
     `share` of the gap both in RMS and in structure (1 - SSIM)? Where the structure need not change
-    (a colour of the same lightness), an SSIM of `kept` or more counts as keeping it."""
+    (a colour of the same lightness), an SSIM of `same_structure` or more counts as keeping it."""
     return (rmse[1] <= (1 - share) * rmse[0]
-            and 1 - similarity[1] <= max((1 - share) * (1 - similarity[0]), 1 - kept))
+            and 1 - similarity[1] <= max((1 - share) * (1 - similarity[0]), 1 - same_structure))
 
 
 def _rms(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
