@@ -412,8 +412,8 @@ def cmd_edit(args) -> int:
     result = edit_image(model, image, args.prompt, source=args.source, generator=args.generator, mask=mask,
                         preserve=args.preserve, outside=args.outside, latent_weight=args.latent_weight,
                         steps=args.steps, lr=args.lr, cutouts=args.cutouts, seed=args.seed, size=args.size,
-                        strength=args.strength,
-                        network=_generator_network(args), generator_options=_generator_options(args),
+                        strength=args.strength, network=_generator_network(args),
+                        generator_options=_generator_options(args),
                         run_options=run_options, frame_every=max(1, args.steps // 40) if args.timelapse else 0)
     return _write_result(result, args)
 

@@ -181,5 +181,5 @@ def build_generator(name: str, *, size: int | None = None, batch: int = 1, init:
 
 
 __all__ = ["Generator", "GENERATORS", "EDIT_ONLY", "EDIT_PRESERVE", "SEARCHING", "STEERING_BASE", "build_generator",
-           "edit_preserve", "load_network",
-           "working_size", "steering_defaults", "ClampWithGrad", "to_unit", "from_unit", "freeze", "check_init"]
+           "edit_preserve", "load_network", "working_size", "steering_defaults", "ClampWithGrad", "to_unit",
+           "from_unit", "freeze", "check_init"]

@@ -10,6 +10,6 @@ from .steer import StepInfo, SteerResult, StopSteering, steer
 
 __all__ = ["CLIPLoss", "Cutouts", "CutoutParams", "Prompt", "parse_prompt", "parse_prompts",
            "spherical_distance", "cosine_distance", "directional_distance", "encode_text_long", "LOSS_FORMS",
-           "PixelImage", "FourierImage", "GradedImage", "PARAMETERIZATIONS", "total_variation", "range_penalty", "saturation",
-           "l2_to", "REGULARISERS", "steer", "SteerResult", "StepInfo", "StopSteering",
+           "PixelImage", "FourierImage", "GradedImage", "PARAMETERIZATIONS", "total_variation", "range_penalty",
+           "saturation", "l2_to", "REGULARISERS", "steer", "SteerResult", "StepInfo", "StopSteering",
            "score", "ScoreReport", "clip_score", "augmented_score", "judge_choice"]

@@ -110,7 +110,8 @@ def edit_image(model, image: torch.Tensor, prompt, *, source: str | None = None,
         loss = _Masked(loss, target, region)
     regs = [(lambda x: l2_to(x if region is None else loss.composite(x), target), preserve)] if preserve else []
     if outside and region is not None:
-        regs.append((lambda x: l2_to(x, target, 1 - region), outside))
+        keep = 1 - region                                     # made once, not at every step
+        regs.append((lambda x: l2_to(x, target, keep), outside))
     settings = {"edit": True, "source": source, "generator": generator, "size": list(hw), "preserve": preserve,
                 "outside": outside if region is not None else 0.0, "latent_weight": latent_weight,
                 "masked": mask is not None, "cutouts": cutouts}

@@ -148,12 +148,11 @@ def _case(kind: str, spec, attrs: dict, index: int, size: int) -> EditCase | Non
         source, target = scene_phrase("church", land.condition), scene_phrase("gothic church", land.condition)
         masked = True
     a, b = render(spec, size), render(edited, size)
-    region = _grow(_changed(a, b))
-    if kind == "gothic":
-        # The rectangle the two buildings stand in, not their outline: a mask shaped like the new
-        # spires would draw them by itself. Only the largest changed part counts (before growing
-        # it), since snowflakes fall elsewhere in the two renders.
-        region = _grow(box_of(largest_part(_changed(a, b))))
+    changed = _changed(a, b)
+    # For the church, the rectangle the two buildings stand in, not their outline: a mask shaped
+    # like the new spires would draw them by itself. Only the largest changed part counts (before
+    # growing it), since snowflakes fall elsewhere in the two renders.
+    region = _grow(box_of(largest_part(changed)) if kind == "gothic" else changed)
     return EditCase(kind, a, b, source, target, region, masked)
 
 
@@ -283,8 +282,7 @@ def _toward(rmse: tuple[float, float], similarity: tuple[float, float], share: f
 
 def _rms(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
     """Root mean square difference of two images (3, H, W), where `mask` (H, W) is 1 (everywhere
-    without one)."""
-    d2 = (a - b) ** 2
-    if mask is None:
-        return float(d2.mean().sqrt())
-    return float(((d2 * mask).sum() / (3 * mask.sum()).clamp(min=1)).sqrt())
+    without one): the square root of the editing regulariser `l2_to`."""
+    from .regularisers import l2_to
+
+    return float(l2_to(a[None], b[None], None if mask is None else mask[None, None]).sqrt())
