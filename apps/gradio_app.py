@@ -28,6 +28,7 @@ import torch
 
 import clipguide
 from clipguide.generators import edit_preserve
+from clipguide.generators.prior import BUNDLED_PRIORS
 
 BUNDLED_GENERATORS = ("fourier", "pixels")
 
@@ -97,6 +98,21 @@ class Models:
                 source = self.config.models.get(name, name)
                 self._clip[name] = clipguide.load(source).eval()
             return self._clip[name]
+
+    def prior(self, family: str, guide: str):
+        """The bundled text prior of `family`, which reads the bundled guide and draws in the bundled
+        network's latent; RequestError where that is not what the request uses."""
+        name = f"bundled-{family}"
+        if family not in BUNDLED_PRIORS:
+            raise RequestError(f"there is a text prior for {', '.join(BUNDLED_PRIORS)} only, not {family}: untick "
+                               "the prior")
+        if self.config.generator_models.get(family) or self.config.models.get(guide, guide) != "default":
+            raise RequestError("the bundled text prior reads the bundled 'default' guide and draws for the bundled "
+                               f"{family}: choose those, or untick the prior")
+        with self._lock:
+            if name not in self._networks:
+                self._networks[name] = clipguide.load_prior(name)
+            return self._networks[name]
 
     def network(self, family: str):
         if family not in self.generator_names(edit=True):
@@ -223,9 +239,10 @@ def _status(step: int, total: int, started: float) -> str:
 
 # --- the two actions, as generators that yield previews ------------------------------------------
 def generate(models: Models, config: AppConfig, prompt, generator, model, steps, cutouts, seed, size, search,
-             gallery, progress=None):
+             prior, gallery, progress=None):
     """Yields (preview, status, gallery, png, gif) as the run goes; the last one carries the result.
-    `search` > 1: the guide first chooses the start among that many random ones (trained generators)."""
+    `search` > 1: the guide first chooses the start among that many random ones (trained generators).
+    `prior`: start from the bundled text prior's picture of the prompt (the bundled VQGAN and guide)."""
     prompt = check_prompt(prompt)
     steps = _int_in(steps, "steps", 1, config.max_steps)
     cutouts = _int_in(cutouts, "cutouts", 1, config.max_cutouts)
@@ -237,14 +254,18 @@ def generate(models: Models, config: AppConfig, prompt, generator, model, steps,
     if search > 1 and generator not in clipguide.SEARCHING:
         raise RequestError(f"search needs a generator that draws random starts ({', '.join(clipguide.SEARCHING)}); "
                            f"set search to 1 for {generator}")
+    if prior and search > 1:
+        raise RequestError("the text prior gives the start: set search to 1, or untick the prior")
     clip = models.clip(model)
     network = models.network(generator)
+    text_prior = models.prior(generator, model) if prior else None
     every = max(1, min(config.preview_every, steps // 4 or 1))
 
     def work(callback):
         return clipguide.generate_image(clip, prompt, generator=generator, network=network, size=size, steps=steps,
                                         cutouts=cutouts, seed=seed, progress=False, frame_every=every,
-                                        callback=callback, run_options={"search": search} if search > 1 else None)
+                                        callback=callback, run_options={"search": search} if search > 1 else None,
+                                        prior=text_prior)
 
     yield from _drive(Job(work, every), config, steps, gallery, progress)
 
@@ -350,6 +371,7 @@ def build_app(config: AppConfig | None = None, models: Models | None = None):
                         size = gr.Slider(16, config.max_size, value=min(64, config.max_size), step=8, label="size")
                     search = gr.Slider(1, config.max_search, value=1, step=1,
                                        label="search: starts the guide chooses among (vqgan, stylegan, diffusion)")
+                    prior = gr.Checkbox(False, label="start from the text prior's picture of the prompt (vqgan)")
                     with gr.Row():
                         go = gr.Button("Generate", variant="primary", elem_id="generate")
                         stop = gr.Button("Cancel", elem_id="cancel")
@@ -361,7 +383,7 @@ def build_app(config: AppConfig | None = None, models: Models | None = None):
                     gif = gr.File(label="timelapse")
             gallery = gr.Gallery(label="results (this session)", columns=8, height=220, object_fit="contain",
                                  elem_id="gallery")
-            run = go.click(wrap(generate), [prompt, generator, model, steps, cutouts, seed, size, search,
+            run = go.click(wrap(generate), [prompt, generator, model, steps, cutouts, seed, size, search, prior,
                                         gallery_state],
                            [preview, status, gallery_state, png, gif], api_name="generate",
                            concurrency_id="steer")

@@ -410,12 +410,13 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu", pr
 
 
 def bundled_models() -> list[str]:
-    """Names of the bundled CLIP models (the generators' bundled networks are not among them)."""
+    """Names of the bundled CLIP models (the generators' bundled networks and text priors are not among them)."""
     from .generators import BUNDLED
+    from .generators.prior import BUNDLED_PRIORS
 
     if not ASSETS.is_dir():
         return []
-    generators = set(BUNDLED.values())
+    generators = set(BUNDLED.values()) | set(BUNDLED_PRIORS.values())
     return sorted(p.stem for p in ASSETS.glob("*.safetensors") if p.name not in generators)
 
 

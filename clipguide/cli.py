@@ -149,6 +149,20 @@ def cmd_train_generator(args) -> int:
     return 0
 
 
+def cmd_train_prior(args) -> int:
+    from clipguide.generators.prior import PriorTrainConfig, train_prior
+
+    fields = {"family": args.generator, "guide": args.model}
+    if args.out:
+        fields["out_dir"] = args.out
+    if args.generator_model:
+        fields["generator_model"] = args.generator_model
+    cfg = PriorTrainConfig.from_args(args.set or [], **fields)
+    path = train_prior(cfg, resume=args.resume)
+    print(f"wrote {path} (model card {path.parent}/MODEL_CARD.md)")
+    return 0
+
+
 def cmd_eval(args) -> int:
     """Zero-shot on the world's held-out tasks, retrieval, and a linear probe: one JSON line each;
     or (`eval guided`) pictures steered for the held-out prompt suite, scored by a judge."""
@@ -197,7 +211,7 @@ def _eval_guided(args) -> int:
     report, pictures = guided_eval(guide, judge, prompts, generator=args.generator, steps=args.steps, lr=args.lr,
                                    cutouts=args.cutouts, size=args.size, seed=args.seed, tv=args.tv,
                                    generator_model=args.generator_model, generator_options=_generator_options(args),
-                                   run_options=run_options, candidates=candidates)
+                                   run_options=run_options, candidates=candidates, prior=args.prior)
     for i, p in enumerate(report.prompts):
         print(json.dumps({"prompt": p, "guide_score": round(report.guide[i], 4),
                           "augmented_score": round(report.augmented[i], 4), "judge_correct": report.judge_correct[i],
@@ -207,7 +221,7 @@ def _eval_guided(args) -> int:
                           "adversarial": report.adversarial[i] if report.adversarial else None}), flush=True)
     summary = {"task": "guided", "guide": args.model, "judge": args.judge, "generator": args.generator,
                "steps": args.steps, "cutouts": args.cutouts, "seed": args.seed, **run_options,
-               "candidates": len(candidates), **report.summary()}
+               **({"prior": args.prior} if args.prior else {}), "candidates": len(candidates), **report.summary()}
     print(json.dumps(summary), flush=True)
     if args.sheet:
         from clipguide.world import contact_sheet
@@ -323,7 +337,7 @@ def cmd_generate(args) -> int:
                           lr=args.lr, cutouts=args.cutouts, seed=args.seed, tv=args.tv,
                           frame_every=max(1, args.steps // 40) if args.timelapse else 0,
                           network=_generator_network(args), generator_options=_generator_options(args),
-                          run_options=run_options)
+                          run_options=run_options, prior=args.prior)
     return _write_result(result, args)
 
 
@@ -445,6 +459,12 @@ def _add_outside(p: argparse.ArgumentParser) -> None:
                    "the mask, so that a grade or a StyleGAN latent changes only what the mask holds (default 10)")
 
 
+def _add_prior(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prior", default=None, metavar="PATH",
+                   help="start from a text prior's picture of the prompt instead of a random one: 'bundled' (the "
+                   "VQGAN prior of the bundled guide) or a file written by clipguide train-prior")
+
+
 def _add_search(p: argparse.ArgumentParser) -> None:
     p.add_argument("--search", type=int, default=None, metavar="N",
                    help="vqgan, stylegan: the guide chooses each picture's start among N random ones before "
@@ -529,6 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="guided, edits: the generator's network (default: the bundled one of its family)")
     _add_guidance_scale(p)
     _add_search(p)
+    _add_prior(p)
     p.add_argument("--edits", type=int, default=30, help="edits: pictures edited (default 30)")
     p.add_argument("--preserve", type=float, default=None, help="edits: weight of staying near the original "
                    "(default 1; grade 0)")
@@ -568,6 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="default", help="guide model name or checkpoint path (default: bundled)")
     _add_generator_args(p)
     _add_search(p)
+    _add_prior(p)
     p.add_argument("--steps", type=int, default=None, help="optimisation (or, for diffusion, denoising) steps "
                    "(default: " + _FAMILY_DEFAULTS + ")")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the generator's own, Fourier 0.5, "
@@ -623,6 +645,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not train: export the run's last checkpoint (network, card, samples) into "
                    "OUT/snapshot-STEP to try it part-way (same settings as the run)")
     p.set_defaults(func=cmd_train_generator)
+
+    p = sub.add_parser("train-prior", help="train a text prior: where a generator's latent starts for a prompt",
+                       description="Encode image-caption pairs (the generator's latent of each image, the guide's "
+                       "text embedding of its caption), then train a small decoder from the embedding to the "
+                       "latent; generate and eval guided start from it with --prior. Resumable; exported in fp16 "
+                       "with a model card.")
+    p.add_argument("--generator", choices=["vqgan"], default="vqgan",
+                   help="the family whose latent it predicts (vqgan: the encoder gives each image's latent)")
+    p.add_argument("--generator-model", default=None, metavar="PATH", help="the generator's network (default: bundled)")
+    p.add_argument("--model", default="default", help="the guide whose text tower it reads (default: bundled)")
+    p.add_argument("--out", default=None, help="run folder (default runs/prior)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a setting (data, pairs, steps, batch_size, lr, width, seed, threads, ...); repeatable")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.set_defaults(func=cmd_train_prior)
 
     p = sub.add_parser("app", help="start the web app (Gradio) on 127.0.0.1; `clipguide app --help` lists its options",
                        add_help=False)

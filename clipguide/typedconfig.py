@@ -69,6 +69,14 @@ def check_fields(cls: type, data: Any, where: str) -> dict[str, Any]:
     return out
 
 
+def read_json(text: str, where: str) -> Any:
+    """`text` parsed as JSON; ConfigError naming `where` when it is not JSON."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{where} is not valid JSON: {exc}") from None
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """`key=value` -> (key, value); the value is read as JSON when it parses, else as a string."""
     if "=" not in text:

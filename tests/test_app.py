@@ -91,7 +91,7 @@ def client(app):
 
 def _generate(client, prompt="a red star on a blue background", steps=8, **kw):
     args = dict(prompt=prompt, generator="fourier", model="default", steps=steps, cutouts=4, seed=0, size=64,
-                search=1)
+                search=1, prior=False)
     args.update(kw)
     return client.predict(*args.values(), api_name="/generate")
 
@@ -130,6 +130,15 @@ def test_search_chooses_a_start_for_a_trained_generator(client):
     assert "search" not in _provenance(plain[2])
     with Image.open(searched[2]) as x, Image.open(plain[2]) as y:
         assert x.tobytes() != y.tobytes()          # the guide chose another start than the seeded one
+
+
+def test_text_prior_gives_the_start(client):
+    started = _generate(client, "a red circle on the left", generator="vqgan", steps=2, seed=1, prior=True)
+    plain = _generate(client, "a red circle on the left", generator="vqgan", steps=2, seed=1)
+    assert started[1].startswith("done: 2 steps")
+    assert _provenance(started[2])["prior"] == "bundled-vqgan" and "prior" not in _provenance(plain[2])
+    with Image.open(started[2]) as x, Image.open(plain[2]) as y:
+        assert x.tobytes() != y.tobytes()
 
 
 def test_same_seed_same_picture(client):
@@ -179,6 +188,8 @@ def test_edit_an_uploaded_picture(client, tmp_path):
     (dict(search=4), "search needs a generator that draws random starts"),     # Fourier has no random starts
     (dict(generator="grade"), "not in the list of choices|edit tab"),          # it only edits a given picture
     (dict(generator="stylegan", search=1000), "maximum value 64|search must be between"),
+    (dict(prior=True), "text prior for vqgan only, not fourier"),
+    (dict(generator="vqgan", prior=True, search=4), "the text prior gives the start"),
 ])
 def test_bad_generate_inputs_get_a_clear_message_and_the_app_stays_up(app, client, kwargs, message):
     with pytest.raises(Exception) as e:

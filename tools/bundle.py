@@ -3,12 +3,14 @@
     python tools/bundle.py runs/default default        # a CLIP run (clipguide train)
     python tools/bundle.py runs/gen-diffusion          # a generator run (clipguide train-generator)
     python tools/bundle.py runs/gen-vqgan/snapshot-002000   # or a snapshot of one part-way (--snapshot)
+    python tools/bundle.py runs/prior-vqgan            # a text prior (clipguide train-prior)
 
 A CLIP run gives clipguide/assets/default.safetensors (the run's fp16 export), default.md (its model
 card, with the pictures linked) and default-curves.png / default-confusion.png. A generator run gives
 the family's bundled network under the name the generators look for (world-diffusion/,
 world-vqgan.safetensors, world-stylegan.safetensors), its card (world-<family>.md) and its sheet of
-unguided samples. Both then check that every bundled file together stays under the 64 MB budget
+unguided samples. A text-prior run (clipguide train-prior) gives world-<family>-prior.safetensors and
+its card. All of them then check that every bundled file together stays under the 64 MB budget
 and that the network loads."""
 from __future__ import annotations
 
@@ -93,6 +95,36 @@ def bundle_generator(run: Path) -> None:
     print(f"loads as the bundled {family} network")
 
 
+def bundle_prior(run: Path) -> None:
+    """A finished `clipguide train-prior` run into the assets as the bundled prior of its family."""
+    from clipguide.generators.prior import BUNDLED_PRIORS, load_prior
+
+    family = json.loads((run / "config.json").read_text())["family"]
+    name = f"bundled-{family}"
+    if family not in BUNDLED_PRIORS:
+        sys.exit(f"no bundled prior slot for {family}; add it to generators.prior.BUNDLED_PRIORS")
+    asset = BUNDLED_PRIORS[family]
+    export, card = run / asset, run / "MODEL_CARD.md"
+    for f in (export, card):
+        if not f.is_file():
+            sys.exit(f"{f} is missing: is the run finished?")
+    load_prior(export)                                     # loads before anything in the package changes
+    target = ASSETS / asset
+    others = _size(ASSETS) - (_size(target) if target.exists() else 0)
+    if others + _size(export) > BUDGET:
+        sys.exit(f"{export} would take the bundled files over the {BUDGET / 2**20:.0f} MB budget")
+    shutil.copyfile(export, target)
+    (ASSETS / asset.replace(".safetensors", ".md")).write_text(card.read_text())
+    _check_budget(name, target)
+    load_prior(name)
+    print(f"loads as {name!r}")
+
+
+def _is_prior_run(run: Path) -> bool:
+    cfg = run / "config.json"
+    return cfg.is_file() and "pairs" in json.loads(cfg.read_text())
+
+
 def _run_config(run: Path) -> Path:
     """A generator run's config.json; a snapshot folder (RUN/snapshot-STEP) has its run's."""
     own = run / "config.json"
@@ -109,7 +141,11 @@ if __name__ == "__main__":
     if len(sys.argv) not in (2, 3):
         sys.exit(usage)
     run = Path(sys.argv[1])
-    if _is_generator_run(run):
+    if _is_prior_run(run):
+        if len(sys.argv) == 3:
+            sys.exit(f"{run} is a text-prior run: its bundled name is fixed by its family; give only RUN_DIR")
+        bundle_prior(run)
+    elif _is_generator_run(run):
         if len(sys.argv) == 3:
             sys.exit(f"{run} is a generator run: its bundled name is fixed by its family; give only RUN_DIR")
         bundle_generator(run)

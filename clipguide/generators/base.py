@@ -99,6 +99,21 @@ class Generator(nn.Module):
         d = (params[0] - start.to(params[0])) ** 2
         return d.reshape(d.shape[0], -1).mean(dim=1)
 
+    def set_start(self, latent: torch.Tensor) -> None:
+        """Start from `latent` (1|B, ...), shaped like the latent (e.g. a text prior's prediction):
+        both the latent and the point latent_l2() measures from are set to it."""
+        params = self.latent_parameters()
+        start = getattr(self, "start", None)
+        if len(params) != 1 or start is None:
+            raise InputError(f"{type(self).__name__} has no single latent to start from a given one")
+        latent = latent.detach().to(params[0])
+        if latent.shape[1:] != params[0].shape[1:] or latent.shape[0] not in (1, params[0].shape[0]):
+            raise InputError(f"a start latent of shape {tuple(latent.shape)} does not fit this generator's latent "
+                             f"{tuple(params[0].shape)}")
+        with torch.no_grad():
+            params[0].copy_(latent.expand_as(params[0]))
+            start.copy_(latent.expand_as(start).to(start))
+
     # --- search: the guide chooses the start among random ones ------------------------------------
     def propose(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """`n` random starting latents for one picture, stacked like rows of the latent. Families

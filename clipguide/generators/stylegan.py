@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, InputError
-from ..typedconfig import check_fields
+from ..typedconfig import check_fields, read_json
 from .base import Generator, check_init, freeze, to_unit
 
 __all__ = ["StyleGAN2Config", "StyleGAN2Generator", "StyleGANLatent", "infer_config", "invert", "load_stylegan",
@@ -295,11 +295,7 @@ class StyleGAN2Config:
 
     @classmethod
     def from_json(cls, text: str, where: str = "StyleGAN2 config") -> StyleGAN2Config:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{where}: not valid JSON ({e})") from None
-        return cls.from_dict(data, where)
+        return cls.from_dict(read_json(text, where), where)
 
 
 def _indices(sd: Mapping[str, torch.Tensor], pattern: str) -> list[int]:

@@ -29,7 +29,7 @@ from torch import nn
 from ..errors import CheckpointError, ConfigError, InputError
 from ..formats.readers import RawCheckpoint, read_checkpoint
 from ..models.layers import attention
-from ..typedconfig import check_fields
+from ..typedconfig import check_fields, read_json
 from .base import Generator, check_init, freeze, from_unit, to_unit
 
 __all__ = ["DDConfig", "VQGANConfig", "VQGAN", "VQGANLatent", "load_vqgan", "save_vqgan", "infer_config"]
@@ -148,11 +148,7 @@ class VQGANConfig:
 
     @classmethod
     def from_json(cls, text: str, where: str = "VQGAN config") -> "VQGANConfig":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{where} is not valid JSON: {exc}") from None
-        return cls.from_dict(data, where)
+        return cls.from_dict(read_json(text, where), where)
 
     # --- taming-transformers YAML ---------------------------------------------------------------
     @classmethod

@@ -60,21 +60,25 @@ def guided_image(model, prompt: str, *, generator: str = "fourier", size: int | 
                  tv: float | None = None,
                  frame_every: int = 0, progress: bool = True, network=None, generator_model=None,
                  generator_options: dict | None = None, init: torch.Tensor | None = None,
-                 callback=None, callback_every: int = 1, run_options: dict | None = None):
+                 callback=None, callback_every: int = 1, run_options: dict | None = None, prior=None):
     """One picture for `prompt` (weighted and negative parts allowed: "a gothic church:1 | blurry:-0.5"):
     a generator of family `generator` (pixels, fourier, vqgan, stylegan, diffusion; its network
     `network` or loaded from `generator_model`) steered by CLIPLoss with `model`. `callback(StepInfo)`
     runs every `callback_every` steps (raise StopSteering there to end early, keeping the best
     picture). `run_options` go to the generator's run() (diffusion: guidance_scale). `steps`, `lr`
-    and `tv` left None take the family's own settings (`generators.steering_defaults`). Returns the
-    SteerResult (image, losses, provenance)."""
+    and `tv` left None take the family's own settings (`generators.steering_defaults`). `prior`: a
+    text prior (generators.prior; a LatentPrior, a path or 'bundled') gives the start instead of the
+    seeded random one. Returns the SteerResult (image, losses, provenance)."""
     from ..generators import steering_defaults
 
     steps, lr, tv = steering_defaults(generator, steps, lr, tv)
     gen, size = _generator(model, generator, size, seed, network, generator_model, generator_options, init)
+    if prior is not None:
+        prior = _prior(prior)
+        start_from_prior(gen, prior, model, prompt)
     return _steer_prompt(gen, model, prompt, generator=generator, size=size, steps=steps, lr=lr, cutouts=cutouts,
                          seed=seed, tv=tv, frame_every=frame_every, progress=progress, callback=callback,
-                         callback_every=callback_every, run_options=run_options)
+                         callback_every=callback_every, run_options=run_options, prior=prior)
 
 
 def _generator(model, generator: str, size, seed: int, network=None, generator_model=None,
@@ -89,6 +93,23 @@ def _generator(model, generator: str, size, seed: int, network=None, generator_m
         size = size or model.config.vision.image_size
     gen = build_generator(generator, size=size, seed=seed, init=init, network=network, **(options or {}))
     return gen, size
+
+
+def _prior(prior):
+    from ..generators.prior import LatentPrior, load_prior
+
+    return prior if isinstance(prior, LatentPrior) else load_prior(prior)
+
+
+def start_from_prior(gen, prior, model, prompt: str) -> None:
+    """Set `gen`'s start to what the text prior `prior` predicts for `prompt` read by the guide `model`."""
+    from ..generators.prior import check_prior_for, prior_latent
+
+    params = gen.latent_parameters()
+    if len(params) != 1:
+        raise InputError(f"the {gen.family} generator has no single latent a prior could give")
+    check_prior_for(prior, gen.family, params[0])
+    gen.set_start(prior_latent(prior, model, [prompt]))
 
 
 # run() arguments the callers set themselves; run_options may not repeat them
@@ -120,7 +141,7 @@ def check_run_options(gen, run_options: dict | None) -> None:
 
 def _steer_prompt(gen, model, prompt: str, *, generator: str, size, steps: int, lr: float, cutouts: int, seed: int,
                   tv: float, frame_every: int = 0, progress: bool = True, callback=None, callback_every: int = 1,
-                  run_options: dict | None = None):
+                  run_options: dict | None = None, prior=None):
     from .augment import Cutouts
     from .loss import CLIPLoss
     from .regularisers import total_variation
@@ -131,7 +152,8 @@ def _steer_prompt(gen, model, prompt: str, *, generator: str, size, steps: int, 
                                                    min_size=0.5, noise=0.05, flip=0.0))
     return gen.run(loss, steps=steps, lr=lr, seed=seed,
                    regularisers=[(total_variation, tv)] if tv else (), frame_every=frame_every,
-                   progress=progress, settings={"generator": generator, "size": size, "cutouts": cutouts, "tv": tv},
+                   progress=progress, settings={"generator": generator, "size": size, "cutouts": cutouts, "tv": tv,
+                                                **({"prior": prior.source} if prior is not None else {})},
                    callback=callback, callback_every=callback_every, **(run_options or {}))
 
 
@@ -139,12 +161,13 @@ def guided_eval(guide, judge, prompts: Sequence[str] | None = None, *, generator
                 steps: int | None = None, lr: float | None = None, cutouts: int = 16, size: int | None = None,
                 seed: int = 0, tv: float | None = None, progress: bool = True, generator_model=None,
                 generator_options: dict | None = None, run_options: dict | None = None,
-                candidates: Sequence[str] | None = None) -> tuple[ScoreReport, torch.Tensor]:
+                candidates: Sequence[str] | None = None, prior=None) -> tuple[ScoreReport, torch.Tensor]:
     """Steer one picture per prompt with `guide`, then score them: the guide's score, an augmented
     score, the judge's top-1 among `candidates` (default: the prompts themselves; every prompt must
     be one of them), the oracle's checks, the adversarial flag (guide score up, judge score not), and
     the same judge and oracle on the generator's unguided picture from the same seed (the baseline).
-    `steps`, `lr` and `tv` left None take the family's own settings. Returns the report and the
+    `steps`, `lr` and `tv` left None take the family's own settings. `prior`: a text prior gives each
+    picture's start (then the unguided baseline is the prior's picture). Returns the report and the
     pictures (N, 3, H, W)."""
     from ..generators import load_network, steering_defaults
 
@@ -155,6 +178,7 @@ def guided_eval(guide, judge, prompts: Sequence[str] | None = None, *, generator
     candidates = list(candidates) if candidates is not None else prompts
     check_candidates(prompts, candidates)                  # before any picture is made
     network = load_network(generator, generator_model)          # once, shared by every prompt
+    prior = _prior(prior) if prior is not None else None
     images, starts = [], []
     bar = None
     if progress:
@@ -163,6 +187,8 @@ def guided_eval(guide, judge, prompts: Sequence[str] | None = None, *, generator
         bar = tqdm(total=len(prompts), desc="guided eval", unit="prompt", dynamic_ncols=True)
     for k, p in enumerate(prompts):
         gen, gen_size = _generator(guide, generator, size, seed + k, network, options=generator_options)
+        if prior is not None:
+            start_from_prior(gen, prior, guide, p)
         with torch.no_grad():
             starts.append(gen()[0])                              # the picture the run starts from
         result = _steer_prompt(gen, guide, p, generator=generator, size=gen_size, steps=steps, lr=lr,

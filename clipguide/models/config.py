@@ -11,6 +11,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..typedconfig import check_fields as _check_fields
+from ..typedconfig import read_json
 
 ACTIVATIONS = ("gelu", "quick_gelu")
 STEMS = ("patch", "conv", "deep")
@@ -123,11 +124,7 @@ class CLIPConfig:
 
     @classmethod
     def from_json(cls, text: str, where: str = "config") -> "CLIPConfig":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{where}: not valid JSON ({e})") from None
-        return cls.from_dict(data, where)
+        return cls.from_dict(read_json(text, where), where)
 
     @classmethod
     def from_file(cls, path: str | Path) -> "CLIPConfig":
