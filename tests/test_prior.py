@@ -98,6 +98,9 @@ def test_prior_start_is_what_the_generator_starts_from(nano, tmp_path):
     want = gen().detach()
     assert torch.allclose(result.images, want, atol=1e-5)
     assert result.provenance["prior"] == "in memory"
+    with pytest.raises(InputError, match="either an init image or a text prior"):
+        guided_image(nano, "a red star", generator="vqgan", network=net, size=32, steps=1, prior=prior,
+                     init=torch.rand(1, 3, 32, 32), progress=False)
     save_vqgan(net, tmp_path / "vq.safetensors")
     prompts = ["a red star", "two blue circles"]
     _, pictures = guided_eval(nano, nano, prompts, generator="vqgan", steps=1, lr=1e-9, cutouts=2, size=32, progress=False,
@@ -125,6 +128,10 @@ def test_train_prior_learns_resumes_and_exports(tmp_path, nano):
     assert [r["step"] for r in rows] == [20, 40]
     with pytest.raises(ConfigError, match="pass --resume"):
         train_prior(cfg, progress=False)
+    (tmp_path / "run" / "checkpoint.pt").rename(tmp_path / "kept.pt")      # as if killed before a checkpoint
+    with pytest.raises(ConfigError, match="encoded with other settings"):
+        train_prior(_tiny_run(tmp_path, nano, pairs=60), progress=False)
+    (tmp_path / "kept.pt").rename(tmp_path / "run" / "checkpoint.pt")
     path = train_prior(_tiny_run(tmp_path, nano, steps=120), resume=True, progress=False)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [20, 40, 60, 80, 100, 120]        # continued, not restarted

@@ -296,10 +296,14 @@ def train_prior(cfg: PriorTrainConfig, *, resume: bool = False, progress: bool =
     atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=2))
     guide = load(cfg.guide).eval()
     network = load_network(cfg.family, cfg.generator_model or None)
+    made_from = {k: getattr(cfg, k) for k in ("family", "generator_model", "guide", "data", "pairs", "size", "seed")}
     if pairs_path.exists():
         pairs = torch.load(pairs_path)
+        if pairs.get("made_from") != made_from:
+            raise ConfigError(f"{pairs_path} was encoded with other settings ({pairs.get('made_from')}); use another "
+                              "out_dir, or delete it to encode again")
     else:
-        pairs = encode_pairs(cfg, network, guide, progress)
+        pairs = {**encode_pairs(cfg, network, guide, progress), "made_from": made_from}
         atomic_torch_save(pairs, pairs_path)
     z, emb = pairs["latents"].float(), pairs["embeddings"].float()
     hold = min(500, len(z) // 10)                        # the last pairs are held out for the val loss
@@ -328,7 +332,7 @@ def train_prior(cfg: PriorTrainConfig, *, resume: bool = False, progress: bool =
         return (x - prior.mean) / prior.std
 
     rng = torch.Generator().manual_seed(cfg.seed + start)
-    log = (out / "metrics.jsonl").open("a")
+    log = (out / "metrics.jsonl").open("a" if start else "w")          # a fresh run starts a fresh log
     t0 = time.time()
     bar = None
     if progress:

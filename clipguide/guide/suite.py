@@ -72,6 +72,8 @@ def guided_image(model, prompt: str, *, generator: str = "fourier", size: int | 
     from ..generators import steering_defaults
 
     steps, lr, tv = steering_defaults(generator, steps, lr, tv)
+    if prior is not None and init is not None:
+        raise InputError("give either an init image or a text prior: both would set the start")
     gen, size = _generator(model, generator, size, seed, network, generator_model, generator_options, init)
     if prior is not None:
         prior = _prior(prior)
@@ -192,7 +194,8 @@ def guided_eval(guide, judge, prompts: Sequence[str] | None = None, *, generator
         with torch.no_grad():
             starts.append(gen()[0])                              # the picture the run starts from
         result = _steer_prompt(gen, guide, p, generator=generator, size=gen_size, steps=steps, lr=lr,
-                               cutouts=cutouts, seed=seed + k, tv=tv, progress=False, run_options=run_options)
+                               cutouts=cutouts, seed=seed + k, tv=tv, progress=False, run_options=run_options,
+                               prior=prior)
         images.append(result.images[0])
         if bar is not None:
             bar.update(1)
