@@ -158,6 +158,8 @@ def test_bundled_vqgan_prior_draws_the_prompt_it_reads():
     gen = build_generator("vqgan", network=load_network("vqgan"))
     check_prior_for(prior, "vqgan", gen.latent)
     assert prior.config.guide == "default" and prior.config.embed_dim == guide.config.embed_dim
+    with pytest.raises(clipguide.InputError, match="another model"):          # the judge is as wide
+        prior_latent(prior, judge, ["a red star"])
     torch.manual_seed(0)
     untrained = LatentPrior(prior.config).eval()
     untrained.load_state_dict({**untrained.state_dict(), "mean": prior.mean, "std": prior.std})

@@ -1,6 +1,7 @@
 """Text priors (clipguide.generators.prior): where a generator's latent starts for a prompt."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -13,6 +14,7 @@ from clipguide.generators import build_generator
 from clipguide.generators.prior import (LatentPrior, PriorConfig, PriorTrainConfig, check_prior_for, load_prior,
                                         prior_latent, prompt_embedding, save_prior, train_prior)
 from clipguide.generators.vqgan import save_vqgan
+from clipguide.guide.steer import model_hash
 from clipguide.guide.suite import guided_eval, guided_image
 from clipguide.tokenizer import Tokenizer
 from clipguide.world import World
@@ -92,6 +94,12 @@ def test_prior_start_is_what_the_generator_starts_from(nano, tmp_path):
     wide = LatentPrior(PriorConfig(embed_dim=nano.config.embed_dim + 1, channels=4, grid=16, width=16))
     with pytest.raises(InputError, match="train a prior for this one"):
         prior_latent(wide, nano, ["a red star"])
+    # a guide of the same width but other weights is refused when the prior knows its guide
+    other = clipguide.create_model("ViT-nano", tokenizer=nano.tokenizer).eval()
+    known = LatentPrior(dataclasses.replace(prior.config, guide="nano", guide_hash=model_hash(nano)))
+    assert prior_latent(known, nano, ["a red star"]).shape == (1, 4, 16, 16)
+    with pytest.raises(InputError, match="the guide given is another model"):
+        prior_latent(known, other, ["a red star"])
     # guided generation and the guided evaluation start where the prior says
     result = guided_image(nano, "a red star", generator="vqgan", network=net, size=32, steps=1, lr=1e-9, cutouts=2,
                           progress=False, prior=prior)
@@ -137,6 +145,7 @@ def test_train_prior_learns_resumes_and_exports(tmp_path, nano):
     assert [r["step"] for r in rows] == [20, 40, 60, 80, 100, 120]        # continued, not restarted
     prior = load_prior(path)
     assert prior.config.family == "vqgan" and prior.config.grid == 16 and prior.config.channels == 4
+    assert prior.config.guide_hash == model_hash(nano)
     card = (tmp_path / "run" / "MODEL_CARD.md").read_text()
     assert "text prior" in card and f"--out {tmp_path / 'run'}" in card and "--set steps=120" in card
     # the exported prior predicts latents on the scale of the generator's own

@@ -44,7 +44,8 @@ BUNDLED_PRIORS = {"vqgan": "world-vqgan-prior.safetensors"}
 class PriorConfig:
     """embed_dim: the guide's embedding width. channels, grid: the latent's (C, g, g); g = 4 * 2**k.
     width: channels of the decoder. family: the generator family of the latent. guide: the CLIP model
-    whose text tower it reads (a name or path; recorded, and compared when the guide is named)."""
+    whose text tower it reads (a name or path, recorded); guide_hash: that model's weights, checked
+    against the guide a prior is used with."""
 
     embed_dim: int
     channels: int
@@ -52,6 +53,7 @@ class PriorConfig:
     width: int = 96
     family: str = "vqgan"
     guide: str = ""
+    guide_hash: str = ""          # the guide's weights (steer.model_hash); another guide is refused
 
     def validate(self) -> "PriorConfig":
         for name in ("embed_dim", "channels", "grid", "width"):
@@ -132,11 +134,13 @@ def prompt_embedding(model, prompts: Sequence[str]) -> torch.Tensor:
 
 def prior_latent(prior: LatentPrior, model, prompts: Sequence[str]) -> torch.Tensor:
     """The latents (B, C, g, g) `prior` predicts for `prompts` read by the guide `model`."""
-    dim = model.config.embed_dim
-    if dim != prior.config.embed_dim:
-        raise InputError(f"this prior reads {prior.config.embed_dim}-wide embeddings (guide "
-                         f"{prior.config.guide or 'unknown'}); the guide given has {dim}: use the guide it was "
-                         "trained with, or train a prior for this one (clipguide train-prior)")
+    from ..guide.steer import model_hash
+
+    c = prior.config
+    if model.config.embed_dim != c.embed_dim or (c.guide_hash and model_hash(model) != c.guide_hash):
+        raise InputError(f"this prior reads the text embeddings of the guide '{c.guide or 'unknown'}' (weights "
+                         f"{c.guide_hash or 'unrecorded'}, {c.embed_dim} wide); the guide given is another model: use "
+                         "the guide it was trained with, or train a prior for this one (clipguide train-prior)")
     e = prompt_embedding(model, prompts)
     with torch.no_grad():
         return prior.to(e.device)(e.to(next(prior.parameters()).dtype))
@@ -283,6 +287,7 @@ def train_prior(cfg: PriorTrainConfig, *, resume: bool = False, progress: bool =
     atomically, so a killed run resumes where it stopped (`resume=True`)."""
     from .. import load
     from ..atomic import atomic_torch_save, atomic_write_text
+    from ..guide.steer import model_hash
     from . import load_network
 
     cfg.validate()
@@ -311,7 +316,7 @@ def train_prior(cfg: PriorTrainConfig, *, resume: bool = False, progress: bool =
     if n_train < 1:
         raise ConfigError(f"prior training needs more than {hold} pairs, got {len(z)}")
     config = PriorConfig(embed_dim=emb.shape[1], channels=z.shape[1], grid=z.shape[2], width=cfg.width,
-                         family=cfg.family, guide=cfg.guide)
+                         family=cfg.family, guide=cfg.guide, guide_hash=model_hash(guide))
     torch.manual_seed(cfg.seed)
     prior = LatentPrior(config)
     prior.mean.copy_(z[:n_train].mean(dim=(0, 2, 3), keepdim=True))
