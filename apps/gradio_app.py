@@ -4,8 +4,8 @@
     python apps/gradio_app.py --model mine=/models/mine.safetensors --port 7860
 
 Two tabs. Generate: prompts with weights and negatives ("a gothic church:1 | blurry:-0.5"), a
-generator, a guide model, steps, cutouts, seed, size and a search among starts (trained generators),
-with a live preview, a progress bar, a cancel button, a gallery and downloads (PNG with provenance,
+generator, a guide model, steps, cutouts, seed, size, a search among starts (trained generators) or
+a start from the bundled text prior (vqgan), with a live preview, a progress bar, a cancel button, a gallery and downloads (PNG with provenance,
 GIF timelapse). Edit: upload a picture,
 describe the edit (optionally what it shows now, and a mask of where it may change), and how strongly
 the rest is kept.
@@ -73,6 +73,7 @@ class Models:
         self.config = config
         self._clip: dict[str, clipguide.CLIP] = {}
         self._networks: dict[str, object] = {}
+        self._priors: dict[str, clipguide.LatentPrior] = {}
         self._lock = threading.Lock()
 
     def guide_names(self) -> list[str]:
@@ -110,9 +111,9 @@ class Models:
             raise RequestError("the bundled text prior reads the bundled 'default' guide and draws for the bundled "
                                f"{family}: choose those, or untick the prior")
         with self._lock:
-            if name not in self._networks:
-                self._networks[name] = clipguide.load_prior(name)
-            return self._networks[name]
+            if name not in self._priors:
+                self._priors[name] = clipguide.load_prior(name)
+            return self._priors[name]
 
     def network(self, family: str):
         if family not in self.generator_names(edit=True):
