@@ -77,6 +77,21 @@ def read_json(text: str, where: str) -> Any:
         raise ConfigError(f"{where} is not valid JSON: {exc}") from None
 
 
+def override_flags(cfg: Any, skip: tuple[str, ...] = ()) -> list[str]:
+    """The `--set key=value` flags that rebuild dataclass `cfg` from its defaults, in field order: a
+    field that differs from its default, and every item of a dict field (`--set name.key=value`)."""
+    flags = []
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if f.name in skip:
+            continue
+        if isinstance(v, dict):
+            flags += [f"--set {f.name}.{k}={json.dumps(x, separators=(',', ':'))}" for k, x in sorted(v.items())]
+        elif v != f.default:
+            flags.append(f"--set {f.name}={v if isinstance(v, str) else json.dumps(v)}")
+    return flags
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """`key=value` -> (key, value); the value is read as JSON when it parses, else as a string."""
     if "=" not in text:

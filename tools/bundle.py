@@ -58,6 +58,14 @@ def _check_budget(name: str, weights: Path) -> None:
         sys.exit("over the bundled-weights budget")
 
 
+def _check_fits(export: Path, target: Path) -> None:
+    """Exit unless `export`, replacing `target`, keeps the bundled files within the budget."""
+    others = _size(ASSETS) - (_size(target) if target.exists() else 0)
+    if others + _size(export) > BUDGET:
+        sys.exit(f"{export} ({_size(export) / 2**20:.1f} MB) would take the bundled files over the "
+                 f"{BUDGET / 2**20:.0f} MB budget")
+
+
 def bundle_generator(run: Path) -> None:
     """A finished `clipguide train-generator` run into the assets as its family's bundled network."""
     from clipguide.generators import BUNDLED, load_network
@@ -75,10 +83,7 @@ def bundle_generator(run: Path) -> None:
     load_network(family, str(export))                      # loads before anything in the package changes
     ASSETS.mkdir(exist_ok=True)
     target = ASSETS / asset
-    others = _size(ASSETS) - (_size(target) if target.exists() else 0)
-    if others + _size(export) > BUDGET:
-        sys.exit(f"{export} ({_size(export) / 2**20:.1f} MB) would take the bundled files over the "
-                 f"{BUDGET / 2**20:.0f} MB budget")
+    _check_fits(export, target)
     if target.is_dir():
         shutil.rmtree(target)
     if export.is_dir():
@@ -110,9 +115,7 @@ def bundle_prior(run: Path) -> None:
             sys.exit(f"{f} is missing: is the run finished?")
     load_prior(export)                                     # loads before anything in the package changes
     target = ASSETS / asset
-    others = _size(ASSETS) - (_size(target) if target.exists() else 0)
-    if others + _size(export) > BUDGET:
-        sys.exit(f"{export} would take the bundled files over the {BUDGET / 2**20:.0f} MB budget")
+    _check_fits(export, target)
     shutil.copyfile(export, target)
     (ASSETS / asset.replace(".safetensors", ".md")).write_text(card.read_text())
     _check_budget(name, target)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, InputError, WeightsNotFoundError
-from ..typedconfig import check_fields, parse_override, read_json
+from ..typedconfig import check_fields, override_flags, parse_override, read_json
 from ..version import __version__
 
 FORMAT_TAG = "clipguide-prior"
@@ -165,13 +165,16 @@ def save_prior(prior: LatentPrior, path: str | Path, *, dtype: torch.dtype | Non
                              config_json=json.dumps(asdict(prior.config)), dtype=dtype, metadata=metadata)
 
 
-def load_prior(source: str | Path) -> LatentPrior:
+def load_prior(source: "str | Path | LatentPrior") -> LatentPrior:
     """A prior from a file written by save_prior, or a bundled one by name ('bundled-vqgan';
-    'bundled' alone is the bundled VQGAN prior). Weights are returned in fp32, eval mode."""
+    'bundled' alone is the bundled VQGAN prior); a LatentPrior is returned as it is. Weights are
+    returned in fp32, eval mode."""
     from safetensors import safe_open
 
     from . import ASSETS
 
+    if isinstance(source, LatentPrior):
+        return source
     name = str(source)
     bundled = {f"bundled-{family}": file for family, file in BUNDLED_PRIORS.items()}
     if name == "bundled":
@@ -263,12 +266,13 @@ def encode_pairs(cfg: PriorTrainConfig, network, guide, progress: bool = True, c
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.pairs, desc="encoding pairs", unit="pair", dynamic_ncols=True)
-    step = 0
-    while sum(len(x) for x in latents) < cfg.pairs:
+    step = done = 0
+    while done < cfg.pairs:
         images, captions = stream.batch(step)
         step += 1
         images = images.float() / 255 if images.dtype == torch.uint8 else images
-        keep = min(len(images), cfg.pairs - sum(len(x) for x in latents))
+        keep = min(len(images), cfg.pairs - done)
+        done += keep
         images, captions = images[:keep], list(captions[:keep])
         with torch.no_grad():
             gen = build_generator(cfg.family, network=network, init=images, batch=len(images), size=cfg.size)
@@ -348,8 +352,7 @@ def train_prior(cfg: PriorTrainConfig, *, resume: bool = False, progress: bool =
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         i = torch.randint(0, n_train, (cfg.batch_size,), generator=rng)
-        pred = (prior(emb[i]) - prior.mean) / prior.std
-        loss = F.mse_loss(pred, scaled(z[i]))
+        loss = F.mse_loss(scaled(prior(emb[i])), scaled(z[i]))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -379,14 +382,10 @@ def train_prior(cfg: PriorTrainConfig, *, resume: bool = False, progress: bool =
 
 def command_of(cfg: PriorTrainConfig) -> str:
     """The `clipguide train-prior` command line that trains `cfg`."""
-    base = PriorTrainConfig()
     parts = ["clipguide train-prior", f"--generator {cfg.family}", f"--model {cfg.guide}", f"--out {cfg.out_dir}"]
     if cfg.generator_model:
         parts.append(f"--generator-model {cfg.generator_model}")
-    skip = {"family", "guide", "out_dir", "generator_model"}
-    parts += [f"--set {k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in asdict(cfg).items()
-              if k not in skip and v != getattr(base, k)]
-    return " ".join(parts)
+    return " ".join(parts + override_flags(cfg, skip=("family", "guide", "out_dir", "generator_model")))
 
 
 def _card(cfg: PriorTrainConfig, config: PriorConfig, prior: LatentPrior, rows: list[dict]) -> str:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..typedconfig import check_fields
+from ..typedconfig import check_fields, override_flags
 from ..version import __version__
 
 FAMILIES = ("vqgan", "stylegan", "diffusion")          # the generators guidance steers
@@ -827,15 +827,8 @@ def _load_matching(net: nn.Module, source: dict[str, torch.Tensor], name: str) -
 
 def command_line(cfg: GeneratorTrainConfig) -> str:
     """The `clipguide train-generator` command that reproduces `cfg`."""
-    parts = [f"clipguide train-generator {cfg.family} --out {cfg.out_dir}"]
-    for k, v in asdict(cfg).items():
-        if k in ("family", "out_dir", "model_card"):
-            continue
-        if k == "arch":
-            parts += [f"--set arch.{a}={json.dumps(x, separators=(',', ':'))}" for a, x in sorted(v.items())]
-        elif v != getattr(GeneratorTrainConfig, k):
-            parts.append(f"--set {k}={v if isinstance(v, str) else json.dumps(v)}")
-    return " ".join(parts)
+    flags = override_flags(cfg, skip=("family", "out_dir", "model_card"))
+    return " ".join([f"clipguide train-generator {cfg.family} --out {cfg.out_dir}", *flags])
 
 
 def _card(cfg: GeneratorTrainConfig, family: _Family, out: Path, path: Path, seconds: float, dest: Path,

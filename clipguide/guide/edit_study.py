@@ -215,8 +215,7 @@ def _prefers_target(judge, images: torch.Tensor, text: torch.Tensor) -> list[boo
 
 def edit_study(guide, judge, cases: Sequence[EditCase], *, generator: str = "fourier", steps: int = 100,
                lr: float = 0.05, cutouts: int = 16, preserve: float | None = None, seed: int = 0,
-               progress: bool = True,
-               generator_model=None, generator_options: dict | None = None, **edit_options
+               progress: bool = True, generator_model=None, generator_options: dict | None = None, **edit_options
                ) -> tuple[EditReport, torch.Tensor]:
     """Edit every case with `guide` (directional: from its source text to its target), then judge.
     Returns the report and the edited pictures (N, 3, H, W)."""

@@ -70,13 +70,14 @@ def guided_image(model, prompt: str, *, generator: str = "fourier", size: int | 
     text prior (generators.prior; a LatentPrior, a path or 'bundled') gives the start instead of the
     seeded random one. Returns the SteerResult (image, losses, provenance)."""
     from ..generators import steering_defaults
+    from ..generators.prior import load_prior
 
     steps, lr, tv = steering_defaults(generator, steps, lr, tv)
     if prior is not None and init is not None:
         raise InputError("give either an init image or a text prior: both would set the start")
     gen, size = _generator(model, generator, size, seed, network, generator_model, generator_options, init)
     if prior is not None:
-        prior = _prior(prior)
+        prior = load_prior(prior)
         start_from_prior(gen, prior, model, prompt)
     return _steer_prompt(gen, model, prompt, generator=generator, size=size, steps=steps, lr=lr, cutouts=cutouts,
                          seed=seed, tv=tv, frame_every=frame_every, progress=progress, callback=callback,
@@ -95,12 +96,6 @@ def _generator(model, generator: str, size, seed: int, network=None, generator_m
         size = size or model.config.vision.image_size
     gen = build_generator(generator, size=size, seed=seed, init=init, network=network, **(options or {}))
     return gen, size
-
-
-def _prior(prior):
-    from ..generators.prior import LatentPrior, load_prior
-
-    return prior if isinstance(prior, LatentPrior) else load_prior(prior)
 
 
 def start_from_prior(gen, prior, model, prompt: str) -> None:
@@ -172,6 +167,7 @@ def guided_eval(guide, judge, prompts: Sequence[str] | None = None, *, generator
     picture's start (then the unguided baseline is the prior's picture). Returns the report and the
     pictures (N, 3, H, W)."""
     from ..generators import load_network, steering_defaults
+    from ..generators.prior import load_prior
 
     steps, lr, tv = steering_defaults(generator, steps, lr, tv)
     prompts = list(prompts) if prompts is not None else world_prompt_suite()
@@ -180,7 +176,7 @@ def guided_eval(guide, judge, prompts: Sequence[str] | None = None, *, generator
     candidates = list(candidates) if candidates is not None else prompts
     check_candidates(prompts, candidates)                  # before any picture is made
     network = load_network(generator, generator_model)          # once, shared by every prompt
-    prior = _prior(prior) if prior is not None else None
+    prior = load_prior(prior) if prior is not None else None
     images, starts = [], []
     bar = None
     if progress:
