@@ -28,7 +28,7 @@ import torch
 
 import clipguide
 from clipguide.generators import edit_preserve
-from clipguide.generators.prior import BUNDLED_PRIORS
+from clipguide.generators.prior import DEFAULT_PRIORS
 
 BUNDLED_GENERATORS = ("fourier", "pixels")
 
@@ -73,7 +73,7 @@ class Models:
         self.config = config
         self._clip: dict[str, clipguide.CLIP] = {}
         self._networks: dict[str, object] = {}
-        self._priors: dict[str, clipguide.LatentPrior] = {}
+        self._priors: dict[str, clipguide.Prior] = {}
         self._lock = threading.Lock()
 
     def guide_names(self) -> list[str]:
@@ -103,10 +103,10 @@ class Models:
     def prior(self, family: str, guide: str):
         """The bundled text prior of `family`, which reads the bundled guide and draws in the bundled
         network's latent; RequestError where that is not what the request uses."""
-        name = f"bundled-{family}"
-        if family not in BUNDLED_PRIORS:
-            raise RequestError(f"there is a text prior for {', '.join(BUNDLED_PRIORS)} only, not {family}: untick "
+        if family not in DEFAULT_PRIORS:
+            raise RequestError(f"there is a text prior for {', '.join(DEFAULT_PRIORS)} only, not {family}: untick "
                                "the prior")
+        name = DEFAULT_PRIORS[family]
         if self.config.generator_models.get(family) or self.config.models.get(guide, guide) != "default":
             raise RequestError("the bundled text prior reads the bundled 'default' guide and draws for the bundled "
                                f"{family}: choose those, or untick the prior")
@@ -255,11 +255,11 @@ def generate(models: Models, config: AppConfig, prompt, generator, model, steps,
     if search > 1 and generator not in clipguide.SEARCHING:
         raise RequestError(f"search needs a generator that draws random starts ({', '.join(clipguide.SEARCHING)}); "
                            f"set search to 1 for {generator}")
-    if prior and search > 1:
-        raise RequestError("the text prior gives the start: set search to 1, or untick the prior")
     clip = models.clip(model)
     network = models.network(generator)
     text_prior = models.prior(generator, model) if prior else None
+    if text_prior is not None and search > 1 and not text_prior.draws:
+        raise RequestError("the text prior gives the start: set search to 1, or untick the prior")
     every = max(1, min(config.preview_every, steps // 4 or 1))
 
     def work(callback):

@@ -10,7 +10,7 @@ from .checkpoints import FORMATS, bundled_models, create_model, load, save
 from .errors import (CheckpointError, ClipguideError, ConfigError, InputError, TextTooLongError,
                      WeightsNotFoundError)
 from .generators import EDIT_ONLY, GENERATORS, SEARCHING, build_generator, has_bundled_generator, load_network
-from .generators.prior import LatentPrior, load_prior
+from .generators.prior import LatentPrior, Prior, TokenPrior, load_prior
 from .guide import CLIPLoss, Cutouts, FourierImage, PixelImage, Prompt, StopSteering, parse_prompts, steer
 from .guide.edit import edit_image
 from .guide.suite import guided_image as generate_image
@@ -30,7 +30,7 @@ __all__ = [
     "generate_image", "edit_image",
     # generators
     "GENERATORS", "EDIT_ONLY", "SEARCHING", "build_generator", "load_network", "has_bundled_generator",
-    "LatentPrior", "load_prior",
+    "Prior", "LatentPrior", "TokenPrior", "load_prior",
     # text and images
     "Tokenizer", "Preprocess", "load_image", "save_image", "tensor_to_pil",
     # errors

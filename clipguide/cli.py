@@ -284,7 +284,7 @@ def _eval_edits(args) -> int:
     report, pictures = edit_study(guide, judge, cases, generator=args.generator, steps=args.steps, lr=args.lr,
                                   cutouts=args.cutouts, preserve=args.preserve, outside=args.outside, seed=args.seed,
                                   generator_model=args.generator_model, generator_options=_generator_options(args),
-                                  run_options=run_options)
+                                  run_options=run_options, prior=args.prior)
     for i, c in enumerate(cases):
         print(json.dumps({"kind": c.kind, "source": c.source, "target": c.target, "masked": c.masked,
                           "applied": report.applied[i], "applied_before_edit": report.applied_before[i],
@@ -295,7 +295,7 @@ def _eval_edits(args) -> int:
               flush=True)
     print(json.dumps({"task": "edits", "guide": args.model, "judge": args.judge, "generator": args.generator,
                       "steps": args.steps, "preserve": edit_preserve(args.generator, args.preserve),
-                      "outside": args.outside, **report.summary()}),
+                      "outside": args.outside, **({"prior": args.prior} if args.prior else {}), **report.summary()}),
           flush=True)
     if args.sheet:
         from clipguide.world import contact_sheet
@@ -428,7 +428,8 @@ def cmd_edit(args) -> int:
                         steps=args.steps, lr=args.lr, cutouts=args.cutouts, seed=args.seed, size=args.size,
                         strength=args.strength, network=_generator_network(args),
                         generator_options=_generator_options(args),
-                        run_options=run_options, frame_every=max(1, args.steps // 40) if args.timelapse else 0)
+                        run_options=run_options, frame_every=max(1, args.steps // 40) if args.timelapse else 0,
+                        prior=args.prior)
     return _write_result(result, args)
 
 
@@ -462,7 +463,10 @@ def _add_outside(p: argparse.ArgumentParser) -> None:
 def _add_prior(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prior", default=None, metavar="PATH",
                    help="start from a text prior's picture of the prompt instead of a random one: 'bundled' (the "
-                   "VQGAN prior of the bundled guide) or a file written by clipguide train-prior")
+                   "VQGAN prior of the bundled guide, which draws the mean picture) or a file written by clipguide "
+                   "train-prior (a token prior, --set kind=tokens, samples the start; with --search N the guide "
+                   "chooses among N samples). eval edits: a token prior redraws each picture's codes under the mask "
+                   "(or, unmasked, the ones unlikely for the target) before guidance")
 
 
 def _add_search(p: argparse.ArgumentParser) -> None:
@@ -626,6 +630,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=None, help="working size (default: the image's, at most 256 px)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--timelapse", default=None, help="also write the edit as a GIF here")
+    p.add_argument("--prior", default=None, metavar="PATH",
+                   help="vqgan: a token prior (a file written by clipguide train-prior --set kind=tokens) first "
+                   "redraws the image's codes under the mask, or without a mask the ones it "
+                   "finds unlikely for the prompt against --source, for the prompt; guidance goes on from there")
     _add_load_args(p)
     p.set_defaults(func=cmd_edit)
 
@@ -648,16 +656,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-prior", help="train a text prior: where a generator's latent starts for a prompt",
                        description="Encode image-caption pairs (the generator's latent of each image, the guide's "
-                       "text embedding of its caption), then train a small decoder from the embedding to the "
-                       "latent; generate and eval guided start from it with --prior. Resumable; exported in fp16 "
-                       "with a model card.")
+                       "text embedding of its caption), then train a small network from the embedding to the "
+                       "latent: kind=mean, a decoder of the mean latent, or kind=tokens, a masked-token transformer "
+                       "that samples VQGAN codes. generate and eval guided start from it with --prior. Resumable; "
+                       "exported in fp16 with a model card.")
     p.add_argument("--generator", choices=["vqgan"], default="vqgan",
                    help="the family whose latent it predicts (vqgan: the encoder gives each image's latent)")
     p.add_argument("--generator-model", default=None, metavar="PATH", help="the generator's network (default: bundled)")
     p.add_argument("--model", default="default", help="the guide whose text tower it reads (default: bundled)")
     p.add_argument("--out", default=None, help="run folder (default runs/prior)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a setting (data, pairs, steps, batch_size, lr, width, seed, threads, ...); repeatable")
+                   help="override a setting (kind, data, pairs, steps, batch_size, lr, width, depth, heads, seed, "
+                   "threads, ...); repeatable")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.set_defaults(func=cmd_train_prior)
 

@@ -145,29 +145,30 @@ def test_bundled_stylegan_draws_world_like_pictures():
     _closer_to_world_than_flat_and_untrained(pictures, world_renders(48))
 
 
-def test_bundled_vqgan_prior_draws_the_prompt_it_reads():
-    """The bundled text prior, read by the bundled guide and decoded by the bundled VQGAN, draws
+@pytest.mark.parametrize("name, least", [("bundled-vqgan", 5)])
+def test_bundled_vqgan_prior_draws_the_prompt_it_reads(name, least):
+    """A bundled text prior, read by the bundled guide and decoded by the bundled VQGAN, draws
     pictures of the held-out suite's prompts that the independent judge matches to their own prompt
-    far above chance (1 in 52) and an untrained prior's pictures do not."""
+    far above chance (1 in 52) and an untrained prior's pictures do not (measured: 11)."""
     from clipguide.generators import build_generator, load_network
-    from clipguide.generators.prior import LatentPrior, check_prior_for, load_prior, prior_latent
+    from clipguide.generators.prior import build_prior, check_prior_for, load_prior, prior_latent
     from clipguide.guide.score import judge_choice
     from clipguide.guide.suite import world_prompt_suite
 
-    guide, judge, prior = clipguide.load("default"), clipguide.load("judge"), load_prior("bundled")
+    guide, judge, prior = clipguide.load("default"), clipguide.load("judge"), load_prior(name)
     gen = build_generator("vqgan", network=load_network("vqgan"))
-    check_prior_for(prior, "vqgan", gen.latent)
+    check_prior_for(prior, "vqgan", gen.latent, gen.codebook)
     assert prior.config.guide == "default" and prior.config.embed_dim == guide.config.embed_dim
     with pytest.raises(clipguide.InputError, match="another model"):          # the judge is as wide
         prior_latent(prior, judge, ["a red star"])
     torch.manual_seed(0)
-    untrained = LatentPrior(prior.config).eval()
-    untrained.load_state_dict({**untrained.state_dict(), "mean": prior.mean, "std": prior.std})
+    untrained = build_prior(prior.config).eval()
+    untrained.load_state_dict({**untrained.state_dict(), **{k: v for k, v in prior.named_buffers()}})
     prompts = world_prompt_suite()
     truth = torch.arange(len(prompts))
     hits = {}
     with torch.no_grad():
-        for name, p in (("trained", prior), ("untrained", untrained)):
-            pictures = gen.decode(prior_latent(p, guide, prompts))
-            hits[name] = int((judge_choice(judge, pictures, prompts) == truth).sum())
-    assert hits["trained"] >= 5 and hits["untrained"] <= 2, hits
+        for label, p in (("trained", prior), ("untrained", untrained)):
+            pictures = gen.decode(prior_latent(p, guide, prompts, torch.Generator().manual_seed(0)))
+            hits[label] = int((judge_choice(judge, pictures, prompts) == truth).sum())
+    assert hits["trained"] >= least and hits["untrained"] <= 2, hits

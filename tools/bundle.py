@@ -102,13 +102,13 @@ def bundle_generator(run: Path) -> None:
 
 def bundle_prior(run: Path) -> None:
     """A finished `clipguide train-prior` run into the assets as the bundled prior of its family."""
-    from clipguide.generators.prior import BUNDLED_PRIORS, load_prior
+    from clipguide.generators.prior import BUNDLED_PRIORS, bundled_prior_name, load_prior, prior_file
 
-    family = json.loads((run / "config.json").read_text())["family"]
-    name = f"bundled-{family}"
-    if family not in BUNDLED_PRIORS:
-        sys.exit(f"no bundled prior slot for {family}; add it to generators.prior.BUNDLED_PRIORS")
-    asset = BUNDLED_PRIORS[family]
+    cfg = json.loads((run / "config.json").read_text())
+    name = bundled_prior_name(cfg["family"], cfg.get("kind", "mean"))
+    asset = prior_file(cfg["family"], cfg.get("kind", "mean"))
+    if BUNDLED_PRIORS.get(name) != asset:
+        sys.exit(f"no bundled prior slot {name!r} for {asset}; add it to generators.prior.BUNDLED_PRIORS")
     export, card = run / asset, run / "MODEL_CARD.md"
     for f in (export, card):
         if not f.is_file():

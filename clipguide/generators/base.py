@@ -86,6 +86,7 @@ class Generator(nn.Module):
 
     family = "generator"
     from_image = False            # True when the start is an image's encoding or inversion (an edit)
+    proposer = None               # set_proposer(): where a search draws its other starts (default: propose())
 
     def latent_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -115,6 +116,12 @@ class Generator(nn.Module):
             start.copy_(latent.expand_as(start).to(start))
 
     # --- search: the guide chooses the start among random ones ------------------------------------
+    def set_proposer(self, proposer: Callable[[int, torch.Generator], torch.Tensor] | None) -> None:
+        """Let a search draw its other starts from `proposer(n, generator)` (n latents shaped like rows
+        of the latent; e.g. a sampling text prior's drafts of the prompt) instead of propose(); None
+        restores propose()."""
+        self.proposer = proposer
+
     def propose(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """`n` random starting latents for one picture, stacked like rows of the latent. Families
         whose random starts are worth choosing among (a generator network's samples) implement it."""
@@ -129,7 +136,7 @@ class Generator(nn.Module):
     def choose_start(self, loss_fn: Callable[..., torch.Tensor], search: int, seed: int = 0, chunk: int = 32
                      ) -> torch.Tensor:
         """For each picture, score its current latent (the seeded start, on a fresh generator) and
-        `search - 1` random ones (propose(), drawn from seed + SEARCH_SEED_OFFSET) by
+        `search - 1` random ones (the proposer's or propose(), drawn from seed + SEARCH_SEED_OFFSET) by
         `loss_fn` on the decoded pictures, forward only, and start from the lowest. Every candidate
         is scored on the same augmented views. Returns the chosen starts' losses (B,)."""
         if isinstance(search, bool) or not isinstance(search, int) or search < 1:
@@ -149,7 +156,7 @@ class Generator(nn.Module):
             for b in range(latent.shape[0]):
                 candidates = latent[b:b + 1].detach()
                 if search > 1:
-                    drawn = self.propose(search - 1, rng).to(latent)
+                    drawn = (self.proposer or self.propose)(search - 1, rng).to(latent)
                     candidates = torch.cat([candidates, drawn])
                 losses = torch.cat([per_image_loss(loss_fn, self.decode(part, b), seed)
                                     for part in candidates.split(chunk)])

@@ -35,17 +35,37 @@ from ..typedconfig import check_fields, override_flags, parse_override, read_jso
 from ..version import __version__
 
 FORMAT_TAG = "clipguide-prior"
-# the bundled priors, by the family they draw for: files under clipguide/assets, loaded by the name
-# 'bundled-FAMILY' (they read the bundled 'default' guide and draw in the bundled network's latent)
-BUNDLED_PRIORS = {"vqgan": "world-vqgan-prior.safetensors"}
+# the bundled priors by name ('bundled-FAMILY' for the mean kind, 'bundled-FAMILY-KIND' for others):
+# files under clipguide/assets that read the bundled 'default' guide and draw in the bundled network's
+# latent. DEFAULT_PRIORS: the one a family's 'bundled' prior means (the app's and --prior bundled).
+BUNDLED_PRIORS = {"bundled-vqgan": "world-vqgan-prior.safetensors"}
+DEFAULT_PRIORS = {"vqgan": "bundled-vqgan"}
+
+
+def bundled_prior_name(family: str, kind: str) -> str:
+    """The name a bundled prior of `family` and `kind` loads by."""
+    return f"bundled-{family}" if kind == "mean" else f"bundled-{family}-{kind}"
+
+
+def prior_file(family: str, kind: str) -> str:
+    """The file train_prior exports a prior of `family` and `kind` to (and its bundled asset's name)."""
+    return f"world-{bundled_prior_name(family, kind)[len('bundled-'):]}-prior.safetensors"
+
+
+PRIOR_KINDS = ("mean", "tokens")
 
 
 @dataclass(frozen=True)
 class PriorConfig:
-    """embed_dim: the guide's embedding width. channels, grid: the latent's (C, g, g); g = 4 * 2**k.
-    width: channels of the decoder. family: the generator family of the latent. guide: the CLIP model
-    whose text tower it reads (a name or path, recorded); guide_hash: that model's weights, checked
-    against the guide a prior is used with."""
+    """embed_dim: the guide's embedding width. channels, grid: the latent's (C, g, g). kind: 'mean'
+    (a convolutional decoder that draws the mean latent of a caption; g = 4 * 2**k) or 'tokens' (a
+    masked-token transformer over a VQGAN's code grid that samples one; needs `codes`, the codebook
+    size). width: channels of either network; depth, heads: the transformer's blocks and attention
+    heads. sample_steps, temperature, cfg_scale, choice_noise: how a token prior samples (decoding
+    rounds, softmax temperature, classifier-free guidance scale, the Gumbel noise on which drawn codes
+    a round keeps, annealed to 0). family: the generator family of the latent. guide:
+    the CLIP model whose text tower it reads (a name or path, recorded); guide_hash: that model's
+    weights, checked against the guide a prior is used with."""
 
     embed_dim: int
     channels: int
@@ -54,16 +74,37 @@ class PriorConfig:
     family: str = "vqgan"
     guide: str = ""
     guide_hash: str = ""          # the guide's weights (steer.model_hash); another guide is refused
+    kind: str = "mean"
+    codes: int = 0
+    depth: int = 6
+    heads: int = 6
+    sample_steps: int = 12
+    temperature: float = 1.0
+    cfg_scale: float = 2.0
+    choice_noise: float = 4.5
 
     def validate(self) -> "PriorConfig":
-        for name in ("embed_dim", "channels", "grid", "width"):
+        if self.kind not in PRIOR_KINDS:
+            raise ConfigError(f"prior kind must be one of {PRIOR_KINDS}, got {self.kind!r}")
+        for name in ("embed_dim", "channels", "grid", "width", "depth", "heads", "sample_steps"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"prior {name} must be a positive integer, got {v!r}")
-        if self.grid < 4 or self.grid & (self.grid - 1):
-            raise ConfigError(f"prior grid must be 4, 8, 16, 32, ... (a power of two from 4), got {self.grid}")
-        if self.width % 8:
-            raise ConfigError(f"prior width must be a multiple of 8 (group norm), got {self.width}")
+        if not self.temperature > 0 or not self.cfg_scale >= 0 or not self.choice_noise >= 0:
+            raise ConfigError(f"prior temperature must be > 0, cfg_scale and choice_noise >= 0, got "
+                              f"{self.temperature!r}, {self.cfg_scale!r} and {self.choice_noise!r}")
+        if self.kind == "mean":
+            if self.grid < 4 or self.grid & (self.grid - 1):
+                raise ConfigError(f"prior grid must be 4, 8, 16, 32, ... (a power of two from 4), got {self.grid}")
+            if self.width % 8:
+                raise ConfigError(f"prior width must be a multiple of 8 (group norm), got {self.width}")
+        else:
+            if self.family != "vqgan":
+                raise ConfigError(f"a token prior samples a VQGAN's codes; family {self.family!r} has none")
+            if isinstance(self.codes, bool) or not isinstance(self.codes, int) or self.codes < 2:
+                raise ConfigError(f"a token prior needs the codebook size (codes >= 2), got {self.codes!r}")
+            if self.width % self.heads:
+                raise ConfigError(f"prior width {self.width} must be a multiple of heads {self.heads}")
         return self
 
     @classmethod
@@ -72,6 +113,32 @@ class PriorConfig:
         if not isinstance(data, dict):
             raise CheckpointError(f"{where} must be a JSON object, got {type(data).__name__}")
         return cls(**check_fields(cls, data, where)).validate()
+
+
+class Prior(nn.Module):
+    """What both kinds share: a config, the file or name it was loaded from (`source`), and
+    latents(embeddings, generator) -> (B, C, g, g) in the generator's units. `draws` is True when
+    repeated calls give different latents (a sampler), so a search can choose among them."""
+
+    draws = False
+
+    def __init__(self, config: PriorConfig):
+        super().__init__()
+        self.config = config.validate()
+        self.source = "in memory"                                        # load_prior sets the file or name
+
+    def check_embeddings(self, embeddings: torch.Tensor) -> None:
+        if embeddings.dim() != 2 or embeddings.shape[1] != self.config.embed_dim:
+            raise InputError(f"the prior reads ({self.config.embed_dim},) embeddings, got {tuple(embeddings.shape)}")
+
+    def latents(self, embeddings: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def redraw(self, latents: torch.Tensor, target: torch.Tensor, source: torch.Tensor | None = None,
+               region: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """An edit: `latents` (B, C, g, g) with part of them drawn again for the `target` embeddings."""
+        raise InputError(f"a {self.config.kind} prior cannot redraw part of a picture; a token prior can "
+                         "(train-prior --set kind=tokens)")
 
 
 class _Block(nn.Module):
@@ -86,14 +153,16 @@ class _Block(nn.Module):
         return x + self.conv2(F.silu(self.norm2(self.conv1(F.silu(self.norm1(x))))))
 
 
-class LatentPrior(nn.Module):
-    """Embedding (B, D) -> latent (B, C, g, g): a 4 x 4 map from two linear layers, then a residual
-    block per level and nearest upsampling with a learnt position map to g x g. The output is in the
-    generator's units (the training latents' per-channel mean and std are buffers)."""
+class LatentPrior(Prior):
+    """kind 'mean'. Embedding (B, D) -> latent (B, C, g, g): a 4 x 4 map from two linear layers, then
+    a residual block per level and nearest upsampling with a learnt position map to g x g. The output
+    is in the generator's units (the training latents' per-channel mean and std are buffers)."""
 
     def __init__(self, config: PriorConfig):
-        super().__init__()
-        self.config = c = config.validate()
+        super().__init__(config)
+        c = self.config
+        if c.kind != "mean":
+            raise ConfigError(f"LatentPrior is the 'mean' kind; this config is {c.kind!r} (build_prior picks the class)")
         self.fc = nn.Sequential(nn.Linear(c.embed_dim, 512), nn.SiLU(), nn.Linear(512, c.width * 16))
         levels = int(math.log2(c.grid // 4))
         self.blocks = nn.ModuleList([_Block(c.width) for _ in range(levels + 1)])
@@ -103,16 +172,171 @@ class LatentPrior(nn.Module):
                                   nn.Conv2d(c.width, c.channels, 3, padding=1))
         self.register_buffer("mean", torch.zeros(1, c.channels, 1, 1))
         self.register_buffer("std", torch.ones(1, c.channels, 1, 1))
-        self.source = "in memory"                                        # load_prior sets the file or name
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:       # (B, D) -> (B, C, g, g)
-        if embeddings.dim() != 2 or embeddings.shape[1] != self.config.embed_dim:
-            raise InputError(f"the prior reads ({self.config.embed_dim},) embeddings, got {tuple(embeddings.shape)}")
+        self.check_embeddings(embeddings)
         h = self.fc(embeddings).view(-1, self.config.width, 4, 4)
         h = self.blocks[0](h)
         for block, pos in zip(self.blocks[1:], self.positions):
             h = block(F.interpolate(h, scale_factor=2, mode="nearest") + pos)
         return self.head(h) * self.std + self.mean
+
+    def latents(self, embeddings: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self(embeddings)
+
+
+class _SelfAttentionBlock(nn.Module):
+    """Pre-norm transformer block, attention over the whole sequence (nothing is masked)."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.qkv, self.proj = nn.LayerNorm(width), nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:                 # (B, L, W)
+        B, L, W = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(B, L, 3, self.heads, W // self.heads).permute(2, 0, 3, 1, 4)
+        x = x + self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, L, W))
+        return x + self.mlp(self.norm2(x))
+
+
+N_COND = 4          # the text embedding enters as this many tokens before the code grid
+REDRAW_THRESHOLD = 2.0  # an unmasked edit redraws codes e**2 (7x) less likely for the target than the source
+
+
+class TokenPrior(Prior):
+    """kind 'tokens'. A bidirectional transformer that reads the text embedding (as N_COND tokens)
+    and a VQGAN code grid with some codes masked, and predicts the masked ones: (B, g*g) codes ->
+    (B, g*g, codes) logits. sample_codes() fills a fully masked grid in `sample_steps` rounds, keeping
+    the surest codes each round (MaskGIT's schedule), with classifier-free guidance against a learnt
+    no-prompt embedding. The VQGAN's codebook is a buffer: the latent of a grid is its code vectors,
+    and the prior is refused for a network with another codebook."""
+
+    draws = True
+
+    def __init__(self, config: PriorConfig):
+        super().__init__(config)
+        c = self.config
+        if c.kind != "tokens":
+            raise ConfigError(f"TokenPrior is the 'tokens' kind; this config is {c.kind!r} (build_prior picks the class)")
+        self.mask_id = c.codes
+        self.cond = nn.Linear(c.embed_dim, N_COND * c.width)
+        self.null = nn.Parameter(torch.zeros(1, c.embed_dim))             # the embedding of "no prompt"
+        self.tokens = nn.Embedding(c.codes + 1, c.width)                  # the last id is "masked"
+        self.pos = nn.Parameter(torch.randn(1, N_COND + c.grid * c.grid, c.width) * 0.02)
+        self.blocks = nn.ModuleList([_SelfAttentionBlock(c.width, c.heads) for _ in range(c.depth)])
+        self.norm = nn.LayerNorm(c.width)
+        self.head = nn.Linear(c.width, c.codes)
+        self.register_buffer("codebook", torch.zeros(c.codes, c.channels))
+        nn.init.normal_(self.tokens.weight, std=0.02)
+
+    def forward(self, codes: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        """codes (B, g*g) with mask_id where unknown, embeddings (B, D) -> logits (B, g*g, codes)."""
+        self.check_embeddings(embeddings)
+        B = codes.shape[0]
+        h = torch.cat([self.cond(embeddings).view(B, N_COND, -1), self.tokens(codes)], dim=1) + self.pos
+        for block in self.blocks:
+            h = block(h)
+        return self.head(self.norm(h[:, N_COND:]))
+
+    def guided_logits(self, codes: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        """Classifier-free guided logits: uncond + cfg_scale * (cond - uncond)."""
+        s = self.config.cfg_scale
+        if s == 1:
+            return self(codes, embeddings)
+        both = self(torch.cat([codes, codes]), torch.cat([embeddings, self.null.expand_as(embeddings)]))
+        cond, uncond = both.chunk(2)
+        return uncond + s * (cond - uncond)
+
+    @torch.no_grad()
+    def sample_codes(self, embeddings: torch.Tensor, generator: torch.Generator | None = None,
+                     codes: torch.Tensor | None = None, redraw: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, D) embeddings -> (B, g, g) sampled codes. Each round samples every unknown code, then
+        keeps the surest ones (probability plus annealed Gumbel noise) as the cosine schedule allows.
+        With `codes` (B, g, g) and `redraw` (B, g, g) bool, only the codes where `redraw` is True are
+        drawn and the others kept (inpainting, text edits)."""
+        c = self.config
+        B, N = embeddings.shape[0], c.grid * c.grid
+        dev = embeddings.device
+        if (codes is None) != (redraw is None):
+            raise InputError("give both the codes and where to redraw them, or neither")
+        if codes is None:
+            codes = torch.full((B, N), self.mask_id, dtype=torch.long, device=dev)
+        else:
+            if codes.shape != (B, c.grid, c.grid) or redraw.shape != codes.shape:
+                raise InputError(f"codes and redraw must be ({B}, {c.grid}, {c.grid}), got {tuple(codes.shape)} and "
+                                 f"{tuple(redraw.shape)}")
+            codes = codes.reshape(B, N).to(dev).masked_fill(redraw.reshape(B, N).to(dev), self.mask_id)
+        unknown0 = (codes == self.mask_id).sum(dim=1, keepdim=True)            # (B, 1) codes to draw
+
+        def uniform(shape):
+            return torch.rand(shape, generator=generator, device=generator.device if generator else "cpu").to(dev)
+
+        for t in range(c.sample_steps):
+            unknown = codes == self.mask_id
+            logp = torch.log_softmax(self.guided_logits(codes, embeddings).float() / c.temperature, dim=-1)
+            gumbel = -torch.log(-torch.log(uniform(logp.shape).clamp(1e-9, 1 - 1e-9)))
+            drawn = (logp + gumbel).argmax(-1)                              # a sample of every code
+            drawn = torch.where(unknown, drawn, codes)
+            masked_next = (unknown0 * math.cos(math.pi / 2 * (t + 1) / c.sample_steps)).long()   # (B, 1)
+            if t == c.sample_steps - 1 or not masked_next.any():
+                return drawn.view(B, c.grid, c.grid)
+            sure = logp.gather(-1, drawn[..., None])[..., 0]
+            noise = -torch.log(-torch.log(uniform(sure.shape).clamp(1e-9, 1 - 1e-9)))
+            sure = sure + c.choice_noise * (1 - (t + 1) / c.sample_steps) * noise
+            sure = sure.masked_fill(~unknown, float("inf"))                  # known codes stay
+            rank = sure.argsort(dim=-1).argsort(dim=-1)                      # 0 = least sure
+            codes = drawn.masked_fill(rank < masked_next, self.mask_id)
+        return codes.view(B, c.grid, c.grid)
+
+    def latents(self, embeddings: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self._lookup(self.sample_codes(embeddings, generator))
+
+    def _lookup(self, codes: torch.Tensor) -> torch.Tensor:                 # (B, g, g) -> (B, C, g, g)
+        return self.codebook[codes].permute(0, 3, 1, 2).contiguous()
+
+    def nearest(self, latents: torch.Tensor) -> torch.Tensor:               # (B, C, g, g) -> codes (B, g, g)
+        B, C, h, w = latents.shape
+        flat = latents.detach().float().permute(0, 2, 3, 1).reshape(-1, C)
+        e = self.codebook.float().to(flat.device)
+        return torch.cdist(flat, e).argmin(dim=1).reshape(B, h, w)
+
+    @torch.no_grad()
+    def unlikely(self, codes: torch.Tensor, target: torch.Tensor, source: torch.Tensor | None = None,
+                 threshold: float = REDRAW_THRESHOLD) -> torch.Tensor:
+        """(B, g, g) bool: the codes the prior finds unlikely for `target`, each read with all the
+        others known, relative to `source` when given (log p(code | target) - log p(code | source)
+        below -threshold, a code that fits the source and not the target), else absolutely
+        (log p(code | target) below -threshold)."""
+        B, g = codes.shape[0], self.config.grid
+        flat = codes.reshape(B, -1)
+
+        def logp(e):
+            return torch.log_softmax(self(flat, e).float(), dim=-1).gather(-1, flat[..., None])[..., 0]
+
+        score = logp(target) - (logp(source) if source is not None else 0)
+        return (score < -threshold).view(B, g, g)
+
+    def redraw(self, latents: torch.Tensor, target: torch.Tensor, source: torch.Tensor | None = None,
+               region: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """An edit of `latents` (B, C, g, g) toward the `target` embeddings (B, D): the codes inside
+        `region` (B, g, g) bool are drawn again, or without a region the ones unlikely() for the
+        target (against `source`); the rest are kept."""
+        codes = self.nearest(latents).to(target.device)
+        where = region.to(codes.device).bool() if region is not None else self.unlikely(codes, target, source)
+        if not where.any():
+            return self._lookup(codes)
+        return self._lookup(self.sample_codes(target, generator, codes, where))
+
+
+PRIORS = {"mean": LatentPrior, "tokens": TokenPrior}
+
+
+def build_prior(config: PriorConfig) -> Prior:
+    """The prior network `config.kind` names, untrained."""
+    return PRIORS[config.validate().kind](config)
 
 
 def prompt_embedding(model, prompts: Sequence[str]) -> torch.Tensor:
@@ -132,8 +356,8 @@ def prompt_embedding(model, prompts: Sequence[str]) -> torch.Tensor:
     return torch.stack(out)
 
 
-def prior_latent(prior: LatentPrior, model, prompts: Sequence[str]) -> torch.Tensor:
-    """The latents (B, C, g, g) `prior` predicts for `prompts` read by the guide `model`."""
+def check_guide(prior: Prior, model) -> None:
+    """InputError unless `model` is the guide whose text embeddings `prior` reads."""
     from ..guide.steer import model_hash
 
     c = prior.config
@@ -141,22 +365,35 @@ def prior_latent(prior: LatentPrior, model, prompts: Sequence[str]) -> torch.Ten
         raise InputError(f"this prior reads the text embeddings of the guide '{c.guide or 'unknown'}' (weights "
                          f"{c.guide_hash or 'unrecorded'}, {c.embed_dim} wide); the guide given is another model: use "
                          "the guide it was trained with, or train a prior for this one (clipguide train-prior)")
+
+
+def prior_latent(prior: Prior, model, prompts: Sequence[str], generator: torch.Generator | None = None
+                 ) -> torch.Tensor:
+    """The latents (B, C, g, g) `prior` gives `prompts` read by the guide `model`: the mean prior's
+    prediction, or the token prior's sample drawn from `generator`."""
+    check_guide(prior, model)
     e = prompt_embedding(model, prompts)
     with torch.no_grad():
-        return prior.to(e.device)(e.to(next(prior.parameters()).dtype))
+        return prior.to(e.device).latents(e.to(next(prior.parameters()).dtype), generator)
 
 
-def check_prior_for(prior: LatentPrior, family: str, latent: torch.Tensor) -> None:
-    """InputError unless `prior` predicts latents of `family` shaped like `latent` (1|B, C, g, g)."""
+def check_prior_for(prior: Prior, family: str, latent: torch.Tensor, codebook: torch.Tensor | None = None) -> None:
+    """InputError unless `prior` predicts latents of `family` shaped like `latent` (1|B, C, g, g)
+    and, for a token prior, in the codebook `codebook` (n_embed, C) when it is given."""
     c = prior.config
     if family != c.family:
         raise InputError(f"this prior predicts {c.family} latents; the generator is {family}")
     if tuple(latent.shape[1:]) != (c.channels, c.grid, c.grid):
         raise InputError(f"this prior predicts latents of shape {(c.channels, c.grid, c.grid)}; the generator's "
                          f"latent is {tuple(latent.shape[1:])} (another network or picture size)")
+    if isinstance(prior, TokenPrior) and codebook is not None:
+        mine = prior.codebook.to(codebook.device)
+        if mine.shape != codebook.shape or not torch.allclose(mine, codebook.float(), atol=1e-2, rtol=1e-2):
+            raise InputError("this token prior samples the codes of another VQGAN network (its codebook differs); "
+                             "use the network it was trained for, or train a prior for this one")
 
 
-def save_prior(prior: LatentPrior, path: str | Path, *, dtype: torch.dtype | None = torch.float16,
+def save_prior(prior: Prior, path: str | Path, *, dtype: torch.dtype | None = torch.float16,
                metadata: dict[str, str] | None = None) -> Path:
     """Write `prior` as a safetensors file (atomically) with its config and the library version."""
     from ..formats.writer import write_safetensors
@@ -165,20 +402,20 @@ def save_prior(prior: LatentPrior, path: str | Path, *, dtype: torch.dtype | Non
                              config_json=json.dumps(asdict(prior.config)), dtype=dtype, metadata=metadata)
 
 
-def load_prior(source: "str | Path | LatentPrior") -> LatentPrior:
-    """A prior from a file written by save_prior, or a bundled one by name ('bundled-vqgan';
-    'bundled' alone is the bundled VQGAN prior); a LatentPrior is returned as it is. Weights are
+def load_prior(source: "str | Path | Prior") -> Prior:
+    """A prior from a file written by save_prior, or a bundled one by name (BUNDLED_PRIORS;
+    'bundled' alone is DEFAULT_PRIORS['vqgan']); a Prior is returned as it is. Weights are
     returned in fp32, eval mode."""
     from safetensors import safe_open
 
     from . import ASSETS
 
-    if isinstance(source, LatentPrior):
+    if isinstance(source, Prior):
         return source
     name = str(source)
-    bundled = {f"bundled-{family}": file for family, file in BUNDLED_PRIORS.items()}
+    bundled = BUNDLED_PRIORS
     if name == "bundled":
-        name = "bundled-vqgan"
+        name = DEFAULT_PRIORS["vqgan"]
     if name in bundled:
         path = ASSETS / bundled[name]
         if not path.exists():
@@ -197,7 +434,7 @@ def load_prior(source: "str | Path | LatentPrior") -> LatentPrior:
     if meta.get("format") != FORMAT_TAG:
         raise CheckpointError(f"'{path}' is not a prior (its format is {meta.get('format') or 'not recorded'}); "
                               "a prior is written by clipguide train-prior")
-    prior = LatentPrior(PriorConfig.from_json(meta.get("config", ""), where=f"'{path}' config"))
+    prior = build_prior(PriorConfig.from_json(meta.get("config", ""), where=f"'{path}' config"))
     expected = prior.state_dict()
     if set(tensors) != set(expected) or any(tensors[k].shape != v.shape for k, v in expected.items()):
         raise CheckpointError(f"'{path}' does not hold the tensors its config describes; write it again with "
@@ -212,6 +449,7 @@ def load_prior(source: "str | Path | LatentPrior") -> LatentPrior:
 # ---------------------------------------------------------------------------------------------------
 @dataclass
 class PriorTrainConfig:
+    kind: str = "mean"                           # 'mean' (regression decoder) or 'tokens' (masked-token sampler)
     family: str = "vqgan"
     generator_model: str = ""                    # the generator's network ('' : the bundled one)
     guide: str = "default"                       # the CLIP whose text tower the prior reads
@@ -219,6 +457,9 @@ class PriorTrainConfig:
     pairs: int = 24000                           # image-caption pairs encoded once, then trained on
     size: int = 64
     width: int = 96
+    depth: int = 6                               # tokens: transformer blocks
+    heads: int = 6                               # tokens: attention heads
+    cond_drop: float = 0.1                       # tokens: share of captions dropped (classifier-free guidance)
     steps: int = 1200
     batch_size: int = 128
     lr: float = 1e-3
@@ -242,7 +483,18 @@ class PriorTrainConfig:
             raise ConfigError("prior training: warmup and threads must be >= 0")
         if not self.lr > 0:
             raise ConfigError(f"prior training: lr must be > 0, got {self.lr!r}")
+        if not 0 <= self.cond_drop < 1:
+            raise ConfigError(f"prior training: cond_drop must be in [0, 1), got {self.cond_drop!r}")
+        self.network_config().validate()
         return self
+
+    def network_config(self, embed_dim: int = 1, channels: int = 1, grid: int = 16, codes: int = 2,
+                       guide_hash: str = "") -> PriorConfig:
+        """The PriorConfig this run trains, given what the data decide (embedding width, latent shape,
+        codebook size)."""
+        extra = {"codes": codes, "depth": self.depth, "heads": self.heads} if self.kind == "tokens" else {}
+        return PriorConfig(embed_dim=embed_dim, channels=channels, grid=grid, width=self.width, family=self.family,
+                           guide=self.guide, guide_hash=guide_hash, kind=self.kind, **extra)
 
     @classmethod
     def from_args(cls, overrides: Sequence[str] = (), **fields) -> "PriorTrainConfig":
@@ -319,12 +571,22 @@ def train_prior(cfg: PriorTrainConfig, *, resume: bool = False, progress: bool =
     n_train = len(z) - hold
     if n_train < 1:
         raise ConfigError(f"prior training needs more than {hold} pairs, got {len(z)}")
-    config = PriorConfig(embed_dim=emb.shape[1], channels=z.shape[1], grid=z.shape[2], width=cfg.width,
-                         family=cfg.family, guide=cfg.guide, guide_hash=model_hash(guide))
+    codebook = getattr(network, "codebook", None) if cfg.kind == "tokens" else None
+    if cfg.kind == "tokens" and codebook is None:
+        raise ConfigError(f"a token prior needs a generator with a codebook (vqgan); {cfg.family} has none")
+    config = cfg.network_config(emb.shape[1], z.shape[1], z.shape[2], len(codebook) if codebook is not None else 2,
+                                model_hash(guide))
     torch.manual_seed(cfg.seed)
-    prior = LatentPrior(config)
-    prior.mean.copy_(z[:n_train].mean(dim=(0, 2, 3), keepdim=True))
-    prior.std.copy_(z[:n_train].std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-4))
+    prior = build_prior(config)
+    if isinstance(prior, TokenPrior):
+        prior.codebook.copy_(codebook.detach().float())
+        with torch.no_grad():                            # the targets: each latent's nearest codes
+            z = torch.cat([network.quantize.nearest(part).flatten(1) for part in z.split(500)])      # (P, g*g)
+        loss_of = _masked_code_loss
+    else:
+        prior.mean.copy_(z[:n_train].mean(dim=(0, 2, 3), keepdim=True))
+        prior.std.copy_(z[:n_train].std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-4))
+        loss_of = _standardised_mse
     opt = torch.optim.AdamW(prior.parameters(), lr=cfg.lr, weight_decay=0.01)
     start = 0
     if resume and ckpt_path.exists():
@@ -336,9 +598,6 @@ def train_prior(cfg: PriorTrainConfig, *, resume: bool = False, progress: bool =
     def lr_at(step: int) -> float:                        # warm-up, then cosine to 10%
         warm = min(1.0, (step + 1) / max(1, cfg.warmup))
         return cfg.lr * warm * (0.1 + 0.45 * (1 + math.cos(math.pi * min(step, cfg.steps) / cfg.steps)))
-
-    def scaled(x: torch.Tensor) -> torch.Tensor:
-        return (x - prior.mean) / prior.std
 
     rng = torch.Generator().manual_seed(cfg.seed + start)
     log = (out / "metrics.jsonl").open("a" if start else "w")          # a fresh run starts a fresh log
@@ -352,14 +611,14 @@ def train_prior(cfg: PriorTrainConfig, *, resume: bool = False, progress: bool =
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         i = torch.randint(0, n_train, (cfg.batch_size,), generator=rng)
-        loss = F.mse_loss(scaled(prior(emb[i])), scaled(z[i]))
+        loss = loss_of(prior, emb[i], z[i], rng, cfg.cond_drop)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
             with torch.no_grad():
-                val = F.mse_loss(scaled(prior(emb[n_train:])), scaled(z[n_train:])).item()
+                val = loss_of(prior, emb[n_train:], z[n_train:], torch.Generator().manual_seed(1), 0.0).item()
             row = {"step": done, "loss": round(loss.item(), 5), "val_loss": round(val, 5), "lr": lr_at(step),
                    "seconds": round(time.time() - t0, 1)}
             log.write(json.dumps(row) + "\n")
@@ -373,11 +632,32 @@ def train_prior(cfg: PriorTrainConfig, *, resume: bool = False, progress: bool =
     if bar is not None:
         bar.close()
     log.close()
-    path = save_prior(prior.eval(), out / f"world-{cfg.family}-prior.safetensors",
+    path = save_prior(prior.eval(), out / prior_file(cfg.family, cfg.kind),
                       metadata={"steps": cfg.steps, "pairs": len(z), "data": cfg.data})
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     atomic_write_text(out / "MODEL_CARD.md", _card(cfg, config, prior, rows))
     return path
+
+
+def _standardised_mse(prior: LatentPrior, emb, z, rng, cond_drop: float) -> torch.Tensor:
+    """The mean prior's loss: MSE of the latent in the prior's standard units."""
+    return F.mse_loss((prior(emb) - prior.mean) / prior.std, (z - prior.mean) / prior.std)
+
+
+def _masked_code_loss(prior: TokenPrior, emb, codes, rng, cond_drop: float) -> torch.Tensor:
+    """The token prior's loss: each grid gets a share cos(pi/2 * u) of its codes masked (u uniform,
+    at least one), and the loss is the cross-entropy of the masked codes; `cond_drop` of the captions
+    are replaced by the no-prompt embedding."""
+    B, N = codes.shape
+    u = torch.rand(B, 1, generator=rng)
+    n_masked = (torch.cos(math.pi / 2 * u) * N).ceil().clamp(1, N)             # (B, 1)
+    rank = torch.rand(B, N, generator=rng).argsort(dim=1).argsort(dim=1)        # a random order of the codes
+    masked = rank < n_masked
+    if cond_drop:
+        drop = torch.rand(B, 1, generator=rng) < cond_drop
+        emb = torch.where(drop, prior.null.expand_as(emb), emb)
+    logits = prior(codes.masked_fill(masked, prior.mask_id), emb)
+    return F.cross_entropy(logits[masked], codes[masked])
 
 
 def command_of(cfg: PriorTrainConfig) -> str:
@@ -388,22 +668,27 @@ def command_of(cfg: PriorTrainConfig) -> str:
     return " ".join(parts + override_flags(cfg, skip=("family", "guide", "out_dir", "generator_model")))
 
 
-def _card(cfg: PriorTrainConfig, config: PriorConfig, prior: LatentPrior, rows: list[dict]) -> str:
+def _card(cfg: PriorTrainConfig, config: PriorConfig, prior: Prior, rows: list[dict]) -> str:
     n = sum(p.numel() for p in prior.parameters())
     last = rows[-1] if rows else {}
-    return f"""# {cfg.family} text prior
+    what, loss = {"mean": ("A prior", "MSE of the standardised latent"),
+                  "tokens": ("A masked-token prior (it samples VQGAN codes)",
+                             "cross-entropy of the masked codes")}[cfg.kind]
+    return f"""# {cfg.family} text prior ({cfg.kind})
 
-A prior from the `{cfg.guide}` guide's text embeddings to the {cfg.family} latent
+{what} from the `{cfg.guide}` guide's text embeddings to the {cfg.family} latent
 ({config.channels} x {config.grid} x {config.grid}), trained by clipguide {__version__} on {cfg.pairs} image-caption
 pairs of `{cfg.data}`.
 
 - command: `{command_of(cfg)}`
 - architecture: {json.dumps(asdict(config))} ({n:,} parameters)
 - steps: {cfg.steps} x batch {cfg.batch_size}; lr {cfg.lr} (warm-up {cfg.warmup}, cosine to 10%); seed {cfg.seed}
-- last logged metrics: `{json.dumps(last)}` (losses: MSE of the standardised latent; val on the last
+- last logged metrics: `{json.dumps(last)}` (losses: {loss}; val on the last
   held-out pairs)
 """
 
 
-__all__ = ["PriorConfig", "LatentPrior", "PriorTrainConfig", "prompt_embedding", "prior_latent", "check_prior_for",
-           "save_prior", "load_prior", "train_prior", "encode_pairs", "command_of", "BUNDLED_PRIORS", "FORMAT_TAG"]
+__all__ = ["PriorConfig", "Prior", "LatentPrior", "TokenPrior", "build_prior", "PRIOR_KINDS", "PriorTrainConfig", "prompt_embedding", "prior_latent", "check_prior_for",
+           "save_prior", "load_prior", "train_prior", "encode_pairs", "command_of", "check_guide", "BUNDLED_PRIORS",
+           "DEFAULT_PRIORS", "bundled_prior_name", "prior_file",
+           "FORMAT_TAG"]

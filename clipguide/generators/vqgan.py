@@ -706,6 +706,11 @@ class VQGANLatent(Generator):
         self.latent = nn.Parameter(start.clone())
         self.register_buffer("start", start.clone(), persistent=False)
 
+    @property
+    def codebook(self) -> torch.Tensor:
+        """(n_embed, embed_dim) the network's code vectors (a token prior checks it samples these)."""
+        return self.net.codebook
+
     def codes(self) -> torch.Tensor:
         """(B, h/f, w/f) indices of the code vectors the current latent decodes."""
         return self.net.codes(self.latent)

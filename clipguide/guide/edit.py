@@ -55,17 +55,43 @@ class _Masked:
         return self.loss_fn(self.composite(images), generator=generator)
 
 
+def _redraw_from_prior(gen, prior, model, prompt, source: str | None, region: torch.Tensor | None, seed: int):
+    """Start `gen` (started from the image) from the prior's redraw of its latent for `prompt`;
+    returns the loaded prior."""
+    from ..generators.prior import check_guide, check_prior_for, load_prior, prompt_embedding
+    from .suite import PRIOR_SEED_OFFSET
+
+    prior = load_prior(prior)
+    if not isinstance(prompt, str):
+        raise InputError("an edit with a prior takes one prompt string (weights inside it: 'a | b:0.5')")
+    params = gen.latent_parameters()
+    if len(params) != 1:
+        raise InputError(f"the {gen.family} generator has no single latent a prior could redraw")
+    check_prior_for(prior, gen.family, params[0], getattr(gen, "codebook", None))
+    check_guide(prior, model)
+    target = prompt_embedding(model, [prompt])
+    before = prompt_embedding(model, [source]) if source else None
+    cells = None
+    if region is not None:                        # the latent cells the mask touches
+        cells = F.adaptive_max_pool2d((region > 0.5).float(), tuple(params[0].shape[-2:]))[:, 0] > 0
+    rng = torch.Generator().manual_seed(int(seed) + PRIOR_SEED_OFFSET)
+    gen.set_start(prior.redraw(params[0].detach(), target, before, cells, rng))
+    return prior
+
+
 def edit_image(model, image: torch.Tensor, prompt, *, source: str | None = None, generator: str = "fourier",
                mask: torch.Tensor | None = None, preserve: float | None = None, outside: float = 10.0,
                latent_weight: float = 0.0, steps: int = 100, lr: float = 0.05, cutouts: int = 16, seed: int = 0,
                size: int | None = None, strength: float = 0.6, network=None, generator_model=None,
                generator_options: dict | None = None, progress: bool = True, frame_every: int = 0, callback=None,
-               callback_every: int = 1, run_options: dict | None = None):
+               callback_every: int = 1, run_options: dict | None = None, prior=None):
     """Edit `image` (1, 3, H, W) in [0, 1] toward `prompt` with guide `model`. With `source` (what the
     image shows now) the loss is directional. `strength` is how far a diffusion edit re-noises the
     image (0-1). `callback(StepInfo)` runs every `callback_every` steps; `run_options` go to the
-    generator's run() (diffusion: guidance_scale). Returns a SteerResult whose provenance records
-    the edit."""
+    generator's run() (diffusion: guidance_scale). `prior`: a token prior (generators.prior) first
+    redraws part of the image's codes for the prompt (those under the mask, or without one those it
+    finds unlikely for the prompt against the source text), and guidance goes on from there.
+    Returns a SteerResult whose provenance records the edit."""
     from ..generators import build_generator, edit_preserve, load_network
     from .augment import Cutouts
     from .loss import CLIPLoss
@@ -115,6 +141,9 @@ def edit_image(model, image: torch.Tensor, prompt, *, source: str | None = None,
     settings = {"edit": True, "source": source, "generator": generator, "size": list(hw), "preserve": preserve,
                 "outside": outside if region is not None else 0.0, "latent_weight": latent_weight,
                 "masked": mask is not None, "cutouts": cutouts}
+    if prior is not None:
+        prior = _redraw_from_prior(gen, prior, model, prompt, source, region, seed)
+        settings["prior"] = prior.source
     def composited(info):                                 # the caller sees the composite too
         info.images = loss.composite(info.images)
         return callback(info)

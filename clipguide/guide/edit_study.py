@@ -225,6 +225,10 @@ def edit_study(guide, judge, cases: Sequence[EditCase], *, generator: str = "fou
     if not cases:
         raise InputError("no edit cases")
     network = load_network(generator, generator_model)
+    if edit_options.get("prior") is not None:
+        from ..generators.prior import load_prior
+
+        edit_options["prior"] = load_prior(edit_options["prior"])          # once, shared by every case
     edited, seconds = [], []
     bar = None
     if progress:

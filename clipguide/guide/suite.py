@@ -67,8 +67,9 @@ def guided_image(model, prompt: str, *, generator: str = "fourier", size: int | 
     runs every `callback_every` steps (raise StopSteering there to end early, keeping the best
     picture). `run_options` go to the generator's run() (diffusion: guidance_scale). `steps`, `lr`
     and `tv` left None take the family's own settings (`generators.steering_defaults`). `prior`: a
-    text prior (generators.prior; a LatentPrior, a path or 'bundled') gives the start instead of the
-    seeded random one. Returns the SteerResult (image, losses, provenance)."""
+    text prior (generators.prior; a Prior, a path or a bundled name) gives the start instead of the
+    seeded random one; a sampling prior's draw comes from `seed`, and a search (run_options
+    search=K) chooses among K of its draws. Returns the SteerResult (image, losses, provenance)."""
     from ..generators import steering_defaults
     from ..generators.prior import load_prior
 
@@ -78,7 +79,7 @@ def guided_image(model, prompt: str, *, generator: str = "fourier", size: int | 
     gen, size = _generator(model, generator, size, seed, network, generator_model, generator_options, init)
     if prior is not None:
         prior = load_prior(prior)
-        start_from_prior(gen, prior, model, prompt)
+        start_from_prior(gen, prior, model, prompt, seed)
     return _steer_prompt(gen, model, prompt, generator=generator, size=size, steps=steps, lr=lr, cutouts=cutouts,
                          seed=seed, tv=tv, frame_every=frame_every, progress=progress, callback=callback,
                          callback_every=callback_every, run_options=run_options, prior=prior)
@@ -98,15 +99,26 @@ def _generator(model, generator: str, size, seed: int, network=None, generator_m
     return gen, size
 
 
-def start_from_prior(gen, prior, model, prompt: str) -> None:
-    """Set `gen`'s start to what the text prior `prior` predicts for `prompt` read by the guide `model`."""
+# a sampling prior draws a picture's start from seed + this, apart from the steering's own draws
+PRIOR_SEED_OFFSET = 104729
+
+
+def start_from_prior(gen, prior, model, prompt: str, seed: int = 0) -> None:
+    """Set `gen`'s start to what the text prior `prior` gives `prompt` read by the guide `model`. A
+    sampling prior (prior.draws) draws each picture's start from `seed` and becomes the generator's
+    proposer, so that a search chooses among more of its drafts of the prompt."""
     from ..generators.prior import check_prior_for, prior_latent
 
     params = gen.latent_parameters()
     if len(params) != 1:
         raise InputError(f"the {gen.family} generator has no single latent a prior could give")
-    check_prior_for(prior, gen.family, params[0])
-    gen.set_start(prior_latent(prior, model, [prompt]))
+    check_prior_for(prior, gen.family, params[0], getattr(gen, "codebook", None))
+    if not prior.draws:
+        gen.set_start(prior_latent(prior, model, [prompt]))
+        return
+    rng = torch.Generator().manual_seed(int(seed) + PRIOR_SEED_OFFSET)
+    gen.set_start(prior_latent(prior, model, [prompt] * params[0].shape[0], rng))
+    gen.set_proposer(lambda n, generator: prior_latent(prior, model, [prompt] * n, generator))
 
 
 # run() arguments the callers set themselves; run_options may not repeat them
@@ -186,7 +198,7 @@ def guided_eval(guide, judge, prompts: Sequence[str] | None = None, *, generator
     for k, p in enumerate(prompts):
         gen, gen_size = _generator(guide, generator, size, seed + k, network, options=generator_options)
         if prior is not None:
-            start_from_prior(gen, prior, guide, p)
+            start_from_prior(gen, prior, guide, p, seed + k)
         with torch.no_grad():
             starts.append(gen()[0])                              # the picture the run starts from
         result = _steer_prompt(gen, guide, p, generator=generator, size=gen_size, steps=steps, lr=lr,
