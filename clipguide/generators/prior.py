@@ -413,18 +413,17 @@ def load_prior(source: "str | Path | Prior") -> Prior:
     if isinstance(source, Prior):
         return source
     name = str(source)
-    bundled = BUNDLED_PRIORS
     if name == "bundled":
         name = DEFAULT_PRIORS["vqgan"]
-    if name in bundled:
-        path = ASSETS / bundled[name]
+    if name in BUNDLED_PRIORS:
+        path = ASSETS / BUNDLED_PRIORS[name]
         if not path.exists():
             raise WeightsNotFoundError(f"no bundled prior {name!r} in this installation ({path.name})")
     else:
         path = Path(name).expanduser()
         if not path.is_file():
             raise WeightsNotFoundError(f"prior {name!r} not found: give a file written by clipguide train-prior "
-                                       f"or one of {sorted(bundled)}")
+                                       f"or one of {sorted(BUNDLED_PRIORS)}")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -440,7 +439,7 @@ def load_prior(source: "str | Path | Prior") -> Prior:
         raise CheckpointError(f"'{path}' does not hold the tensors its config describes; write it again with "
                               "save_prior")
     prior.load_state_dict({k: v.float() for k, v in tensors.items()})
-    prior.source = name if name in bundled else str(path)          # what a picture's provenance names
+    prior.source = name if name in BUNDLED_PRIORS else str(path)          # what a picture's provenance names
     return prior.eval()
 
 
