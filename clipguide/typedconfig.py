@@ -42,6 +42,14 @@ def coerce(value: Any, want: Any) -> tuple[bool, Any]:
     return False, value
 
 
+def check_positive_ints(cfg: Any, names: tuple[str, ...], prefix: str) -> None:
+    """ConfigError unless every field `names` of `cfg` is an int >= 1 (a bool is not)."""
+    for name in names:
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{prefix}{name} must be a positive integer, got {v!r}")
+
+
 def reject_unknown_keys(cls: type, data: Any, where: str) -> None:
     """ConfigError unless `data` is a mapping whose keys are all fields of dataclass `cls`."""
     if not isinstance(data, Mapping):

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, InputError, WeightsNotFoundError
-from ..typedconfig import check_fields, override_flags, parse_override, read_json
+from ..typedconfig import check_fields, check_positive_ints, override_flags, parse_override, read_json
 from ..version import __version__
 
 FORMAT_TAG = "clipguide-prior"
@@ -49,7 +49,7 @@ def bundled_prior_name(family: str, kind: str) -> str:
 
 def prior_file(family: str, kind: str) -> str:
     """The file train_prior exports a prior of `family` and `kind` to (and its bundled asset's name)."""
-    return f"world-{bundled_prior_name(family, kind)[len('bundled-'):]}-prior.safetensors"
+    return f"world-{family}-prior.safetensors" if kind == "mean" else f"world-{family}-{kind}-prior.safetensors"
 
 
 PRIOR_KINDS = ("mean", "tokens")
@@ -86,10 +86,8 @@ class PriorConfig:
     def validate(self) -> "PriorConfig":
         if self.kind not in PRIOR_KINDS:
             raise ConfigError(f"prior kind must be one of {PRIOR_KINDS}, got {self.kind!r}")
-        for name in ("embed_dim", "channels", "grid", "width", "depth", "heads", "sample_steps"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"prior {name} must be a positive integer, got {v!r}")
+        check_positive_ints(self, ("embed_dim", "channels", "grid", "width", "depth", "heads", "sample_steps"),
+                            "prior ")
         if not self.temperature > 0 or not self.cfg_scale >= 0 or not self.choice_noise >= 0:
             raise ConfigError(f"prior temperature must be > 0, cfg_scale and choice_noise >= 0, got "
                               f"{self.temperature!r}, {self.cfg_scale!r} and {self.choice_noise!r}")
@@ -271,21 +269,20 @@ class TokenPrior(Prior):
             codes = codes.reshape(B, N).to(dev).masked_fill(redraw.reshape(B, N).to(dev), self.mask_id)
         unknown0 = (codes == self.mask_id).sum(dim=1, keepdim=True)            # (B, 1) codes to draw
 
-        def uniform(shape):
-            return torch.rand(shape, generator=generator, device=generator.device if generator else "cpu").to(dev)
+        def gumbel(shape):                                                  # Gumbel(0, 1) noise from `generator`
+            u = torch.rand(shape, generator=generator, device=generator.device if generator else "cpu").to(dev)
+            return -torch.log(-torch.log(u.clamp(1e-9, 1 - 1e-9)))
 
         for t in range(c.sample_steps):
             unknown = codes == self.mask_id
             logp = torch.log_softmax(self.guided_logits(codes, embeddings).float() / c.temperature, dim=-1)
-            gumbel = -torch.log(-torch.log(uniform(logp.shape).clamp(1e-9, 1 - 1e-9)))
-            drawn = (logp + gumbel).argmax(-1)                              # a sample of every code
+            drawn = (logp + gumbel(logp.shape)).argmax(-1)                  # a sample of every code
             drawn = torch.where(unknown, drawn, codes)
             masked_next = (unknown0 * math.cos(math.pi / 2 * (t + 1) / c.sample_steps)).long()   # (B, 1)
             if t == c.sample_steps - 1 or not masked_next.any():
                 return drawn.view(B, c.grid, c.grid)
             sure = logp.gather(-1, drawn[..., None])[..., 0]
-            noise = -torch.log(-torch.log(uniform(sure.shape).clamp(1e-9, 1 - 1e-9)))
-            sure = sure + c.choice_noise * (1 - (t + 1) / c.sample_steps) * noise
+            sure = sure + c.choice_noise * (1 - (t + 1) / c.sample_steps) * gumbel(sure.shape)
             sure = sure.masked_fill(~unknown, float("inf"))                  # known codes stay
             rank = sure.argsort(dim=-1).argsort(dim=-1)                      # 0 = least sure
             codes = drawn.masked_fill(rank < masked_next, self.mask_id)
@@ -295,13 +292,14 @@ class TokenPrior(Prior):
         return self._lookup(self.sample_codes(embeddings, generator))
 
     def _lookup(self, codes: torch.Tensor) -> torch.Tensor:                 # (B, g, g) -> (B, C, g, g)
-        return self.codebook[codes].permute(0, 3, 1, 2).contiguous()
+        from .vqgan import lookup_codes
+
+        return lookup_codes(codes, self.codebook)
 
     def nearest(self, latents: torch.Tensor) -> torch.Tensor:               # (B, C, g, g) -> codes (B, g, g)
-        B, C, h, w = latents.shape
-        flat = latents.detach().float().permute(0, 2, 3, 1).reshape(-1, C)
-        e = self.codebook.float().to(flat.device)
-        return torch.cdist(flat, e).argmin(dim=1).reshape(B, h, w)
+        from .vqgan import nearest_codes
+
+        return nearest_codes(latents, self.codebook.to(latents.device))
 
     @torch.no_grad()
     def unlikely(self, codes: torch.Tensor, target: torch.Tensor, source: torch.Tensor | None = None,
@@ -474,10 +472,8 @@ class PriorTrainConfig:
 
         if self.family not in GENERATORS:
             raise ConfigError(f"family {self.family!r} is not one of {sorted(GENERATORS)}")
-        for name in ("pairs", "size", "width", "steps", "batch_size", "save_every", "log_every"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"prior training: {name} must be a positive integer, got {v!r}")
+        check_positive_ints(self, ("pairs", "size", "width", "steps", "batch_size", "save_every", "log_every"),
+                            "prior training: ")
         if self.warmup < 0 or self.threads < 0:
             raise ConfigError("prior training: warmup and threads must be >= 0")
         if not self.lr > 0:

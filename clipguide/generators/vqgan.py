@@ -386,6 +386,22 @@ class Decoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))                  # (B, out_ch, h*f, w*f)
 
 
+def nearest_codes(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """(B, D, h, w) latents -> (B, h, w) indices of their nearest rows of `codebook` (n_embed, D)."""
+    B, D, h, w = z.shape
+    # in fp32 whatever the autocast: |z|^2 + |e|^2 - 2 z.e cancels, and bf16 would pick wrong codes
+    with torch.autocast(z.device.type, enabled=False):
+        flat = z.detach().float().permute(0, 2, 3, 1).reshape(-1, D)            # (B*h*w, D)
+        e = codebook.detach().float()
+        dist = flat.pow(2).sum(1, keepdim=True) + e.pow(2).sum(1) - 2 * flat @ e.t()       # (B*h*w, n_embed)
+    return dist.argmin(dim=1).reshape(B, h, w)
+
+
+def lookup_codes(codes: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """(B, h, w) code indices -> (B, D, h, w) their rows of `codebook` (n_embed, D)."""
+    return codebook[codes].permute(0, 3, 1, 2).contiguous()
+
+
 class Codebook(nn.Module):
     """What both quantizers share: `n_embed` code vectors, nearest-vector search and lookup."""
 
@@ -394,16 +410,10 @@ class Codebook(nn.Module):
         raise NotImplementedError
 
     def nearest(self, z: torch.Tensor) -> torch.Tensor:                 # (B, D, h, w) -> codes (B, h, w)
-        B, D, h, w = z.shape
-        # in fp32 whatever the autocast: |z|^2 + |e|^2 - 2 z.e cancels, and bf16 would pick wrong codes
-        with torch.autocast(z.device.type, enabled=False):
-            flat = z.detach().float().permute(0, 2, 3, 1).reshape(-1, D)        # (B*h*w, D)
-            e = self.codebook.detach().float()
-            dist = flat.pow(2).sum(1, keepdim=True) + e.pow(2).sum(1) - 2 * flat @ e.t()   # (B*h*w, n_embed)
-        return dist.argmin(dim=1).reshape(B, h, w)
+        return nearest_codes(z, self.codebook)
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:              # (B, h, w) -> (B, D, h, w)
-        return self.codebook[codes].permute(0, 3, 1, 2).contiguous()
+        return lookup_codes(codes, self.codebook)
 
 
 class VectorQuantizer(Codebook):

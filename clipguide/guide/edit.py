@@ -58,24 +58,20 @@ class _Masked:
 def _redraw_from_prior(gen, prior, model, prompt, source: str | None, region: torch.Tensor | None, seed: int):
     """Start `gen` (started from the image) from the prior's redraw of its latent for `prompt`;
     returns the loaded prior."""
-    from ..generators.prior import check_guide, check_prior_for, load_prior, prompt_embedding
-    from .suite import PRIOR_SEED_OFFSET
+    from ..generators.prior import check_guide, load_prior, prompt_embedding
+    from .suite import prior_generator, prior_latent_of
 
     prior = load_prior(prior)
     if not isinstance(prompt, str):
         raise InputError("an edit with a prior takes one prompt string (weights inside it: 'a | b:0.5')")
-    params = gen.latent_parameters()
-    if len(params) != 1:
-        raise InputError(f"the {gen.family} generator has no single latent a prior could redraw")
-    check_prior_for(prior, gen.family, params[0], getattr(gen, "codebook", None))
+    latent = prior_latent_of(gen, prior)
     check_guide(prior, model)
     target = prompt_embedding(model, [prompt])
     before = prompt_embedding(model, [source]) if source else None
     cells = None
     if region is not None:                        # the latent cells the mask touches
-        cells = F.adaptive_max_pool2d((region > 0.5).float(), tuple(params[0].shape[-2:]))[:, 0] > 0
-    rng = torch.Generator().manual_seed(int(seed) + PRIOR_SEED_OFFSET)
-    gen.set_start(prior.redraw(params[0].detach(), target, before, cells, rng))
+        cells = F.adaptive_max_pool2d((region > 0.5).float(), tuple(latent.shape[-2:]))[:, 0] > 0
+    gen.set_start(prior.redraw(latent.detach(), target, before, cells, prior_generator(seed)))
     return prior
 
 

@@ -103,21 +103,33 @@ def _generator(model, generator: str, size, seed: int, network=None, generator_m
 PRIOR_SEED_OFFSET = 104729
 
 
-def start_from_prior(gen, prior, model, prompt: str, seed: int = 0) -> None:
-    """Set `gen`'s start to what the text prior `prior` gives `prompt` read by the guide `model`. A
-    sampling prior (prior.draws) draws each picture's start from `seed` and becomes the generator's
-    proposer, so that a search chooses among more of its drafts of the prompt."""
-    from ..generators.prior import check_prior_for, prior_latent
+def prior_latent_of(gen, prior) -> torch.nn.Parameter:
+    """`gen`'s one latent, checked to be what `prior` draws (family, shape, codebook)."""
+    from ..generators.prior import check_prior_for
 
     params = gen.latent_parameters()
     if len(params) != 1:
         raise InputError(f"the {gen.family} generator has no single latent a prior could give")
     check_prior_for(prior, gen.family, params[0], getattr(gen, "codebook", None))
+    return params[0]
+
+
+def prior_generator(seed: int) -> torch.Generator:
+    """The generator a prior's draws for the picture of seed `seed` come from."""
+    return torch.Generator().manual_seed(int(seed) + PRIOR_SEED_OFFSET)
+
+
+def start_from_prior(gen, prior, model, prompt: str, seed: int = 0) -> None:
+    """Set `gen`'s start to what the text prior `prior` gives `prompt` read by the guide `model`. A
+    sampling prior (prior.draws) draws each picture's start from `seed` and becomes the generator's
+    proposer, so that a search chooses among more of its drafts of the prompt."""
+    from ..generators.prior import prior_latent
+
+    latent = prior_latent_of(gen, prior)
     if not prior.draws:
         gen.set_start(prior_latent(prior, model, [prompt]))
         return
-    rng = torch.Generator().manual_seed(int(seed) + PRIOR_SEED_OFFSET)
-    gen.set_start(prior_latent(prior, model, [prompt] * params[0].shape[0], rng))
+    gen.set_start(prior_latent(prior, model, [prompt] * latent.shape[0], prior_generator(seed)))
     gen.set_proposer(lambda n, generator: prior_latent(prior, model, [prompt] * n, generator))
 
 
