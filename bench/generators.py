@@ -54,6 +54,7 @@ elif family == "diffusion":
 init = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)) if family == "grade" else None
 gen = build_generator(family, size=None if family == "stylegan" else size, seed=0, network=network, init=init,
                       **({{"sample_steps": steps + 3}} if family == "diffusion" else {{}}))
+gen.condition("a gothic church")          # a text-conditional network draws the prompt (the others ignore it)
 loss = CLIPLoss(model, "a gothic church", cutouts=Cutouts(size=size, n=16))
 times = []
 last = [time.perf_counter()]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -221,7 +222,8 @@ def _eval_guided(args) -> int:
                           "adversarial": report.adversarial[i] if report.adversarial else None}), flush=True)
     summary = {"task": "guided", "guide": args.model, "judge": args.judge, "generator": args.generator,
                "steps": args.steps, "cutouts": args.cutouts, "seed": args.seed, **run_options,
-               **({"prior": args.prior} if args.prior else {}), "candidates": len(candidates), **report.summary()}
+               **({"prior": args.prior} if args.prior else {}), **_cfg_flag(args), "candidates": len(candidates),
+               **report.summary()}
     print(json.dumps(summary), flush=True)
     if args.sheet:
         from clipguide.world import contact_sheet
@@ -295,7 +297,8 @@ def _eval_edits(args) -> int:
               flush=True)
     print(json.dumps({"task": "edits", "guide": args.model, "judge": args.judge, "generator": args.generator,
                       "steps": args.steps, "preserve": edit_preserve(args.generator, args.preserve),
-                      "outside": args.outside, **({"prior": args.prior} if args.prior else {}), **report.summary()}),
+                      "outside": args.outside, **({"prior": args.prior} if args.prior else {}), **_cfg_flag(args),
+                      **report.summary()}),
           flush=True)
     if args.sheet:
         from clipguide.world import contact_sheet
@@ -377,8 +380,13 @@ def _generator_options(args) -> dict:
     if args.generator == "stylegan":
         options.update({k: getattr(args, k) for k in ("space", "truncation") if hasattr(args, k)})
     if args.generator == "diffusion":
-        options.update(sample_steps=args.steps)
+        options.update(sample_steps=args.steps, **_cfg_flag(args))      # --cfg-scale: checked by _run_options
     return options
+
+
+def _cfg_flag(args) -> dict:
+    """--cfg-scale as the summaries record it (only when given)."""
+    return {"cfg_scale": args.cfg_scale} if getattr(args, "cfg_scale", None) is not None else {}
 
 
 def _run_options(args) -> dict:
@@ -388,6 +396,15 @@ def _run_options(args) -> dict:
     from clipguide.generators import SEARCHING
     from clipguide.generators.diffusion import check_guidance
 
+    cfg_scale = getattr(args, "cfg_scale", None)
+    if cfg_scale is not None:
+        if getattr(args, "what", "guided") == "zero-shot":
+            raise InputError("--cfg-scale is for 'eval guided' and 'eval edits', not zero-shot evaluation")
+        if args.generator != "diffusion":
+            raise InputError(f"--cfg-scale only applies to --generator diffusion (got {args.generator})")
+        if not (math.isfinite(cfg_scale) and cfg_scale >= 0):
+            raise InputError(f"--cfg-scale (classifier-free guidance toward the prompt) must be a finite number "
+                             f">= 0, got {cfg_scale}")
     search = getattr(args, "search", None)
     if search is not None:
         if search < 1:
@@ -481,6 +498,9 @@ def _add_guidance_scale(p: argparse.ArgumentParser) -> None:
                    help="diffusion: weight of the CLIP gradient on each denoising step (default 0.15)")
     p.add_argument("--guidance-stop", type=float, default=None, metavar="F",
                    help="diffusion: the fraction of denoising steps that are guided, the first ones (default 1: all)")
+    p.add_argument("--cfg-scale", type=float, default=None, metavar="W",
+                   help="diffusion with a text-conditional UNet: classifier-free guidance toward the prompt "
+                        "(default: the model's own; 1: none, 0: unconditional)")
 
 
 # what --steps says of the families' own settings (generators.steering_defaults; a test holds them equal)

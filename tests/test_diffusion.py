@@ -214,6 +214,81 @@ def test_clip_loss_guides_a_diffusion_model(pixel_model):
     assert len(res.losses) == 3 and res.provenance["prompts"][0]["text"] == "a red circle"
 
 
+@pytest.fixture(scope="module")
+def text_dir(tmp_path_factory):
+    """A pixel pipeline whose UNet reads the bundled 'default' CLIP's text embeddings (times 2) as
+    its class label, with classifier-free guidance 3 by default."""
+    import clipguide
+    from clipguide.guide.steer import model_hash
+
+    clip = clipguide.load("default")
+    unet = _unet(class_embed_type="identity", time_embedding_dim=clip.config.embed_dim)
+    root = _save_pipeline(tmp_path_factory.mktemp("text") / "pipe",
+                          {"unet": unet, "scheduler": diffusers.DDIMScheduler(num_train_timesteps=100)},
+                          "DDPMPipeline")
+    (root / "clipguide.json").write_text(json.dumps({"text_condition": {
+        "model": "default", "model_hash": model_hash(clip), "scale": 2.0, "cfg_scale": 3.0}}))
+    return root
+
+
+def test_a_text_conditional_unet_draws_the_prompt(text_dir):
+    """The label is the text model's unit embedding times the scale; classifier-free guidance
+    combines the conditional and unconditional (zero label) outputs; no prompt is the zero label."""
+    model = load_diffusion(text_dir)
+    assert model.text_conditional and model.cfg_scale == 3.0 and model.text_scale == 2.0
+    x, t = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor(50)
+    with torch.no_grad():
+        emb = model.text_model.encode_text(model.text_model.tokenize(["a red star"]), normalize=True)
+        cond = model.unet(x, t.expand(2), class_labels=2.0 * emb.expand(2, -1)).sample
+        uncond = model.unet(x, t.expand(2), class_labels=torch.zeros(2, emb.shape[1])).sample
+        star = model.conditioned("a red star")
+        torch.testing.assert_close(star.predict(x, t), uncond + 3.0 * (cond - uncond), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(model.conditioned(None).predict(x, t), uncond)
+        import dataclasses
+        torch.testing.assert_close(dataclasses.replace(star, cfg_scale=1.0).predict(x, t), cond)
+    assert model.label is None                             # conditioned() leaves the loaded model as it was
+    gen = DiffusionLatent(model, size=16, generator=torch.Generator().manual_seed(0), sample_steps=3)
+    with torch.no_grad():
+        before = gen()
+        gen.condition("a red star")
+        red = gen()
+        gen.condition("two blue circles")
+        blue = gen()
+        gen.condition(None)
+        torch.testing.assert_close(gen(), before)
+    assert not torch.allclose(red, blue) and not torch.allclose(red, before)
+    plain = DiffusionLatent(model, size=16, generator=torch.Generator().manual_seed(0), sample_steps=3, cfg_scale=1.0)
+    assert plain.model.cfg_scale == 1.0 and model.cfg_scale == 3.0
+    with pytest.raises(InputError, match="cfg_scale"):
+        DiffusionLatent(model, size=16, cfg_scale=-1.0)
+
+
+def test_guided_pictures_are_drawn_for_their_prompt(text_dir):
+    from clipguide.guide.suite import _generator
+
+    model = load_diffusion(text_dir)
+    gen, _ = _generator(model.text_model, "diffusion", 16, 0, network=model, prompt="a red star")
+    expected = model.conditioned("a red star").label
+    assert gen.model.label is not None and torch.equal(gen.model.label, expected)
+
+
+def test_a_text_conditional_unet_needs_its_text_model(tmp_path, text_dir):
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(text_dir, bare)
+    (bare / "clipguide.json").unlink()
+    with pytest.raises(CheckpointError, match="names no text_condition model"):
+        load_diffusion(bare)
+    other = tmp_path / "other"
+    shutil.copytree(text_dir, other)
+    meta = json.loads((other / "clipguide.json").read_text())
+    meta["text_condition"]["model_hash"] = "0" * 16
+    (other / "clipguide.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="the model loaded by that name is another"):
+        load_diffusion(other)
+
+
 def test_bad_directories_say_what_is_wrong(tmp_path, pixel_dir):
     with pytest.raises(CheckpointError, match="no diffusion model"):
         load_diffusion(tmp_path / "nowhere")
@@ -280,6 +355,28 @@ def test_guidance_scale_on_the_command_line(pixel_dir, tmp_path, capsys):
         assert "a number in [0, 1]" in capsys.readouterr().err
     assert main(args[:-4] + ["--guidance-stop", "0.5"]) == 2
     assert "--guidance-stop only applies to --generator diffusion" in capsys.readouterr().err
+
+
+def test_cfg_scale_on_the_command_line(text_dir, tmp_path, capsys):
+    """`--cfg-scale` reaches a text-conditional UNet (its provenance records it and that the prompt
+    was drawn); other generators refuse it with a message, before anything loads."""
+    from PIL import Image
+
+    from clipguide.cli import main
+
+    out = tmp_path / "t.png"
+    args = ["generate", "a red star", "--model", "default", "--out", str(out), "--steps", "2", "--cutouts", "2",
+            "--size", "16", "--generator", "diffusion", "--generator-model", str(text_dir)]
+    assert main(args) == 0
+    provenance = json.loads(Image.open(out).text["clipguide"])
+    assert provenance["cfg_scale"] == 3.0 and provenance["text_conditioned"] is True
+    assert main(args + ["--cfg-scale", "1.5"]) == 0
+    assert json.loads(Image.open(out).text["clipguide"])["cfg_scale"] == 1.5
+    assert main(args + ["--cfg-scale", "-2"]) == 2
+    assert "--cfg-scale (classifier-free guidance toward the prompt) must be" in capsys.readouterr().err
+    assert main(args[:-4] + ["--generator", "vqgan", "--generator-model", str(tmp_path / "missing.ckpt"),
+                             "--cfg-scale", "2"]) == 2
+    assert "--cfg-scale only applies to --generator diffusion (got vqgan)" in capsys.readouterr().err
 
 
 class _PerPicture:

@@ -11,6 +11,7 @@ import torch
 from clipguide.errors import ConfigError
 from clipguide.generators import build_generator, load_network
 from clipguide.generators import training as T
+from clipguide.generators.base import to_unit
 
 TINY = {"vqgan": {"ch": 32, "ch_mult": [1, 1], "embed_dim": 8, "n_embed": 32, "z_channels": 8, "attn_resolutions": []},
         "stylegan": {"style_dim": 32, "n_mlp": 2, "channel_max": 32, "d_channels": 16},
@@ -85,12 +86,66 @@ def test_an_autoencoder_trains_and_a_diffusion_model_denoises_its_latents(autoen
                           progress=False)
 
 
+def test_a_vqgan_is_the_autoencoder_of_a_latent_diffusion_run(tmp_path):
+    """arch.vae may name a VQGAN file: the run denoises its latents as the equal diffusers VQModel,
+    scaled to unit variance on the run's first batch, and exports a pipeline whose vae decodes as
+    the VQGAN does."""
+    vq_path = T.train_generator(_cfg("vqgan", tmp_path / "vq", steps=2), progress=False)
+    vqgan = load_network("vqgan", str(vq_path)).float()
+    cfg = _cfg("diffusion", tmp_path / "ldm", steps=2, arch={**TINY["diffusion"], "vae": str(vq_path)})
+    path = T.train_generator(cfg, progress=False)
+    net = load_network("diffusion", str(path))
+    assert type(net.vae).__name__ == "VQModel" and net.unet.config.in_channels == 8
+    from clipguide.train.data import BatchStream, open_source
+
+    first = BatchStream(open_source(cfg.data), cfg.batch_size, cfg.size, cfg.seed).batch(0)[0].float() / 127.5 - 1
+    with torch.no_grad():
+        std = float(vqgan.encode(first).std())
+        assert net.vae.config.scaling_factor == pytest.approx(1 / std, rel=2e-3)
+        z = vqgan.quantize.lookup(torch.randint(32, (1, 16, 16), generator=torch.Generator().manual_seed(0)))
+        torch.testing.assert_close(net.decode(z * net.vae.config.scaling_factor), to_unit(vqgan.decode(z)),
+                                   atol=1e-4, rtol=0)
+
+
+def test_a_text_conditional_diffusion_run_draws_captions(tmp_path):
+    """arch.condition names the CLIP whose caption embeddings (times sqrt(width)) are the UNet's
+    class label, a share cond_drop of them zeros; the export names that model, and the adapter
+    draws prompts with classifier-free guidance."""
+    import clipguide
+    from clipguide.guide.steer import model_hash
+
+    cfg = _cfg("diffusion", tmp_path / "text", steps=2, arch={**TINY["diffusion"], "condition": "default",
+                                                             "cond_drop": 0.5})
+    fam = T._FAMILIES["diffusion"](cfg, torch.Generator().manual_seed(0))
+    labels = fam._labels(["a red star"] * 64)
+    norms = labels.norm(dim=1)
+    dropped = norms == 0
+    assert 10 < int(dropped.sum()) < 54                       # about half of 64
+    torch.testing.assert_close(norms[~dropped], torch.full_like(norms[~dropped], math.sqrt(192)))
+    path = T.train_generator(cfg, progress=False)
+    meta = json.loads((path / "clipguide.json").read_text())["text_condition"]
+    assert meta == {"model": "default", "model_hash": model_hash(clipguide.load("default")),
+                    "scale": math.sqrt(192), "cfg_scale": T._Diffusion.cfg_scale}
+    net = load_network("diffusion", str(path))
+    assert net.text_conditional and net.unet.config.class_embed_type == "identity"
+    gen = build_generator("diffusion", network=net, size=32, seed=0, sample_steps=2)
+    with torch.no_grad():
+        plain = gen()
+        gen.condition("a red star")
+        assert not torch.allclose(gen(), plain)
+    for bad, match in [({"condition": 3}, "arch.condition"), ({"cond_drop": 1.0}, "cond_drop")]:
+        with pytest.raises(ConfigError, match=match):
+            _cfg("diffusion", tmp_path / "bad", arch={**TINY["diffusion"], **bad})
+
+
 @pytest.mark.parametrize("family,extra", [(f, {}) for f in T.TRAINABLE] + [("diffusion", AVERAGED_BF16),
-                                                                         ("diffusion", "latent")],
-                         ids=list(T.TRAINABLE) + ["diffusion-ema-bf16", "diffusion-latent"])
+                                                                         ("diffusion", "latent"), ("diffusion", "text")],
+                         ids=list(T.TRAINABLE) + ["diffusion-ema-bf16", "diffusion-latent", "diffusion-text"])
 def test_a_killed_run_resumes_to_the_same_weights(family, extra, tmp_path, monkeypatch, request):
     if extra == "latent":
         extra = {"arch": {**TINY["diffusion"], "vae": str(request.getfixturevalue("autoencoder"))}}
+    if extra == "text":
+        extra = {"arch": {**TINY["diffusion"], "condition": "default"}}
     straight = _cfg(family, tmp_path / "straight", **extra)
     T.train_generator(straight, progress=False)
     ref = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)["family"]["nets"]
@@ -99,11 +154,11 @@ def test_a_killed_run_resumes_to_the_same_weights(family, extra, tmp_path, monke
     real_step = T._FAMILIES[family].step
     calls = {"n": 0}
 
-    def dying_step(self, x, step):
+    def dying_step(self, x, step, captions):
         calls["n"] += 1
         if calls["n"] == 5:                                  # killed after the checkpoint of step 3
             raise KeyboardInterrupt
-        return real_step(self, x, step)
+        return real_step(self, x, step, captions)
 
     monkeypatch.setattr(T._FAMILIES[family], "step", dying_step)
     with pytest.raises(KeyboardInterrupt):

@@ -207,6 +207,41 @@ def test_parity_with_diffusers_vqmodel(net):
         torch.testing.assert_close(net(x), theirs(x).sample, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dd", [
+    DDConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,), resolution=32, z_channels=8),
+    DDConfig(ch=32, ch_mult=(1, 1, 2), num_res_blocks=2, attn_resolutions=(32, 8), resolution=32, z_channels=4)])
+def test_to_diffusers_builds_the_equal_vqmodel(dd):
+    """to_diffusers() is the VQModel a latent pipeline carries: the same weights as the independent
+    key mapping above, the same encodings, codes and decodings, and the scaling factor recorded."""
+    pytest.importorskip("diffusers")
+    from clipguide.generators.vqgan import to_diffusers
+
+    torch.manual_seed(3)
+    mine = VQGAN(VQGANConfig(embed_dim=4, n_embed=16, ddconfig=dd)).eval()
+    theirs = to_diffusers(mine, scaling_factor=1.5)
+    assert theirs.config.scaling_factor == 1.5
+    expected = taming_to_diffusers(mine.state_dict(), len(dd.ch_mult))
+    got = theirs.state_dict()
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[k], v) for k, v in expected.items())
+    x = from_unit(images(2))
+    with torch.no_grad():
+        z = mine.encode(x)
+        torch.testing.assert_close(theirs.encode(x).latents, z, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(theirs.decode(z).sample, mine.decode(mine.quantize_st(z)), atol=1e-5, rtol=1e-5)
+
+
+def test_to_diffusers_refuses_what_a_vqmodel_cannot_express():
+    from clipguide.generators.vqgan import to_diffusers
+
+    with pytest.raises(InputError, match="gumbel VQGAN has no diffusers VQModel"):
+        to_diffusers(tiny_net(quantizer="gumbel"))
+    wide = VQGAN(VQGANConfig(embed_dim=4, n_embed=16, ddconfig=DDConfig(
+        ch=32, ch_mult=(2, 2), num_res_blocks=1, attn_resolutions=(), resolution=32, z_channels=4)))
+    with pytest.raises(InputError, match=r"ch_mult \[2, 2\] starts above 1"):
+        to_diffusers(wide)
+
+
 # --- the generator adapter ------------------------------------------------------------------------
 class TestVQGANLatent(GeneratorBattery):
     net = tiny_net(seed=2)

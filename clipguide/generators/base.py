@@ -116,6 +116,10 @@ class Generator(nn.Module):
             start.copy_(latent.expand_as(start).to(start))
 
     # --- search: the guide chooses the start among random ones ------------------------------------
+    def condition(self, prompt: str | None) -> None:
+        """Draw `prompt` (None: unconditionally). Only text-conditional networks (a diffusion UNet
+        that reads text embeddings) take it; every other generator draws the same either way."""
+
     def set_proposer(self, proposer: Callable[[int, torch.Generator], torch.Tensor] | None) -> None:
         """Let a search draw its other starts from `proposer(n, generator)` (n latents shaped like rows
         of the latent; e.g. a sampling text prior's drafts of the prompt) instead of propose(); None

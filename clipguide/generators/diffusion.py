@@ -23,6 +23,7 @@ or inverted deterministically with DDIM, then denoised with guidance.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -60,6 +61,10 @@ class DiffusionModel:
     scheduler: Any                                  # a diffusers scheduler (its config is what is used)
     vae: nn.Module | None = None
     conditioning: torch.Tensor | None = None        # (1, L, D) text states for conditional UNets
+    text_model: Any = None                          # the CLIP whose text embeddings a class-conditioned UNet reads
+    text_scale: float = 1.0                         # what unit embeddings are multiplied by on the way in
+    label: torch.Tensor | None = None               # (B, D) the scaled embedding drawn now; None: unconditional
+    cfg_scale: float = 1.0                          # classifier-free guidance of the text label (1: none)
     source: str = ""
     extra: dict = field(default_factory=dict)
     _ddim_cache: dict = field(default_factory=dict, repr=False)
@@ -109,10 +114,41 @@ class DiffusionModel:
             x0 = self.vae.decode(x0 / self.vae_scaling()).sample
         return to_unit(x0)
 
+    @property
+    def text_conditional(self) -> bool:
+        """Whether the UNet takes a text embedding as its class label (class_embed_type 'identity')."""
+        return getattr(self.unet.config, "class_embed_type", None) == "identity"
+
+    def conditioned(self, prompt: str | None) -> "DiffusionModel":
+        """This model drawing `prompt` (its text model's embedding; a weighted prompt is the unit sum
+        of its positive parts), or unconditionally for None. The networks are shared."""
+        if not self.text_conditional:
+            return self
+        if prompt is None:
+            return dataclasses.replace(self, label=None)
+        from .prior import prompt_embedding
+
+        emb = prompt_embedding(self.text_model, [prompt]).to(next(self.unet.parameters()).device)
+        return dataclasses.replace(self, label=emb * self.text_scale)
+
     def predict(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
-        """The UNet's raw output for noisy samples x at timestep t."""
+        """The UNet's raw output for noisy samples x at timestep t (for a text-conditional UNet: with
+        its label, and classifier-free guidance toward it at cfg_scale)."""
         t = torch.as_tensor(t, device=x.device).reshape(-1)
         t = t.expand(x.shape[0]) if t.numel() == 1 else t
+        if self.text_conditional:
+            null = x.new_zeros(x.shape[0], label_width(self.unet))
+            if self.label is None:
+                return self.unet(x, t, class_labels=null).sample
+            if x.shape[0] % self.label.shape[0]:
+                raise InputError(f"{self.label.shape[0]} text labels for a batch of {x.shape[0]}: the batch must "
+                                 "be a multiple of the labels")
+            label = self.label.to(x).repeat_interleave(x.shape[0] // self.label.shape[0], dim=0)
+            if self.cfg_scale == 1:
+                return self.unet(x, t, class_labels=label).sample
+            both = self.unet(torch.cat([x, x]), torch.cat([t, t]), class_labels=torch.cat([label, null])).sample
+            cond, uncond = both.chunk(2)
+            return uncond + self.cfg_scale * (cond - uncond)
         if self.conditioning is not None:
             cond = self.conditioning.to(x).expand(x.shape[0], -1, -1)
             return self.unet(x, t, encoder_hidden_states=cond).sample
@@ -137,6 +173,12 @@ class DiffusionModel:
         a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
         kind = self.scheduler.config.prediction_type
         return {"epsilon": eps, "sample": x0, "v_prediction": a * eps - s * x0}[kind]
+
+
+def label_width(unet: nn.Module) -> int:
+    """The width of the class label a class-conditioned UNet2DModel adds to its time embedding."""
+    c = unet.config
+    return int(c.time_embedding_dim or c.block_out_channels[0] * 4)
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -192,8 +234,33 @@ def load_diffusion(path: str | Path, prompt: str = "", device: str | torch.devic
     conditioning = None
     if unet_cls == "UNet2DConditionModel":
         conditioning = _encode_prompt(root, comps, prompt, device)
+    text = _text_condition(root, unet, device)
     return DiffusionModel(unet=freeze(unet).to(device), scheduler=scheduler, vae=vae, conditioning=conditioning,
-                          source=str(root), extra={"components": {k: v[1] for k, v in comps.items()}})
+                          source=str(root), extra={"components": {k: v[1] for k, v in comps.items()}}, **text)
+
+
+def _text_condition(root: Path, unet: nn.Module, device) -> dict[str, Any]:
+    """A UNet2DModel whose class label is a text embedding (class_embed_type 'identity') reads the
+    embeddings of the CLIP model its clipguide.json names (`text_condition`: model, model_hash,
+    scale, cfg_scale): that model, loaded and checked, and the settings."""
+    if getattr(unet.config, "class_embed_type", None) != "identity":
+        return {}
+    meta_path = root / "clipguide.json"
+    meta = json.loads(meta_path.read_text()).get("text_condition") if meta_path.is_file() else None
+    if not isinstance(meta, dict) or not meta.get("model"):
+        raise CheckpointError(f"the UNet of '{root}' takes a class label of width {label_width(unet)} "
+                              "(class_embed_type 'identity') but clipguide.json names no text_condition model "
+                              "whose text embeddings it reads: add {\"text_condition\": {\"model\": NAME, ...}}")
+    from .. import load as load_clip
+    from ..guide.steer import model_hash
+
+    clip = load_clip(meta["model"]).eval().to(device)
+    if clip.config.embed_dim != label_width(unet) or (meta.get("model_hash") and model_hash(clip) != meta["model_hash"]):
+        raise CheckpointError(f"the UNet of '{root}' reads the text embeddings of '{meta['model']}' (weights "
+                              f"{meta.get('model_hash') or 'unrecorded'}, {label_width(unet)} wide), and the model "
+                              f"loaded by that name is another ({clip.config.embed_dim} wide, weights {model_hash(clip)})")
+    return {"text_model": clip, "text_scale": float(meta.get("scale", 1.0)),
+            "cfg_scale": float(meta.get("cfg_scale", 1.0))}
 
 
 def _encode_prompt(root: Path, comps: dict, prompt: str, device) -> torch.Tensor:
@@ -250,13 +317,21 @@ def ddim_invert(model: DiffusionModel, x0: torch.Tensor, steps: int) -> torch.Te
 class DiffusionLatent(Generator):
     """A diffusion model as a generator: the latent is the starting noise x_T, forward() samples it
     deterministically with DDIM (`sample_steps`), and run() does CLIP-guided sampling from it.
-    `init=` images start from their DDIM inversion, so forward() gives them back."""
+    `init=` images start from their DDIM inversion, so forward() gives them back. A text-conditional
+    UNet draws what condition(prompt) last gave it (unconditionally before), with classifier-free
+    guidance at `cfg_scale` (None: the model's own setting)."""
 
     family = "diffusion"
 
     def __init__(self, model: DiffusionModel, size: int | tuple[int, int] = 64, batch: int = 1,
-                 init: torch.Tensor | None = None, generator: torch.Generator | None = None, sample_steps: int = 20):
+                 init: torch.Tensor | None = None, generator: torch.Generator | None = None, sample_steps: int = 20,
+                 cfg_scale: float | None = None):
         super().__init__()
+        if cfg_scale is not None:
+            if not (math.isfinite(cfg_scale) and cfg_scale >= 0):
+                raise InputError(f"cfg_scale (classifier-free guidance of a text-conditional UNet) must be a finite "
+                                 f"number >= 0, got {cfg_scale}")
+            model = dataclasses.replace(model, cfg_scale=float(cfg_scale))
         h, w = (size, size) if isinstance(size, int) else size
         m, f = model.size_multiple, model.scale_factor
         if h % m or w % m:
@@ -276,6 +351,9 @@ class DiffusionLatent(Generator):
         self.latent = nn.Parameter(start.contiguous())
         self.register_buffer("start", start.detach().clone(), persistent=False)
 
+    def condition(self, prompt: str | None) -> None:
+        self.model = self.model.conditioned(prompt)
+
     def forward(self) -> torch.Tensor:
         return self.model.decode(ddim_sample(self.model, self.latent, self.sample_steps))
 
@@ -290,6 +368,9 @@ class DiffusionLatent(Generator):
         samples that many pictures side by side for each one asked and lets the loss resample them
         (see guided_sample). Regularisers (functions of the images, weighted) join the guidance
         loss; lr and latent_weight do not apply to sampling and are ignored."""
+        if self.model.text_conditional:             # the provenance says what the UNet drew
+            settings = {**(settings or {}), "cfg_scale": self.model.cfg_scale,
+                        "text_conditioned": self.model.label is not None}
         return guided_sample(self.model, loss_fn, self.latent.detach(), self.sample_steps if steps is None else steps,
                              guidance_scale=guidance_scale, seed=seed, strength=strength, scheduler=scheduler,
                              guidance_space=guidance_space, guidance_stop=guidance_stop, recurrence=recurrence,

@@ -347,7 +347,8 @@ def prompt_embedding(model, prompts: Sequence[str]) -> torch.Tensor:
         for prompt in prompts:
             parts = [p for p in parse_prompts(prompt) if p.text is not None and p.weight > 0]
             if not parts:
-                raise InputError(f"prompt {prompt!r} has no positive text part for the prior to draw")
+                raise InputError(f"prompt {prompt!r} has no positive text part to draw (a text prior or a "
+                                 "text-conditional network draws what the positive parts say)")
             e = model.encode_text(model.tokenize([p.text for p in parts], truncate=True), normalize=True)
             w = torch.tensor([p.weight for p in parts], dtype=e.dtype, device=e.device)
             out.append(F.normalize((w[:, None] * e).sum(0), dim=-1))

@@ -40,7 +40,7 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
                  "feature_d": "", "feature_d_weight": 1.0},
     "diffusion": {"block_out_channels": [32, 64, 64], "layers_per_block": 1, "train_timesteps": 1000,
                   "attention": True, "norm_num_groups": 8, "beta_schedule": "linear", "prediction_type": "epsilon",
-                  "ema": 0.0, "vae": ""},
+                  "ema": 0.0, "vae": "", "condition": "", "cond_drop": 0.1},
     "autoencoder": {"block_out_channels": [32, 64, 128], "layers_per_block": 1, "latent_channels": 4,
                     "norm_num_groups": 16, "kl_weight": 1e-6},
 }
@@ -94,8 +94,15 @@ class GeneratorTrainConfig:
             if isinstance(a["ema"], bool) or not isinstance(a["ema"], (int, float)) or not 0 <= a["ema"] < 1:
                 raise ConfigError(f"arch.ema must be in [0, 1) (0: no moving average), got {a['ema']!r}")
             if not isinstance(a["vae"], str):
-                raise ConfigError(f"arch.vae is an autoencoder folder (train-generator autoencoder exports one) "
-                                  f"or empty for a pixel UNet, got {a['vae']!r}")
+                raise ConfigError(f"arch.vae is an autoencoder folder (train-generator autoencoder exports one), "
+                                  f"a VQGAN ('vqgan' or its file) or empty for a pixel UNet, got {a['vae']!r}")
+            if not isinstance(a["condition"], str):
+                raise ConfigError(f"arch.condition names the CLIP model whose text embeddings condition the UNet "
+                                  f"(e.g. 'default'), or is empty for an unconditional UNet, got {a['condition']!r}")
+            drop = a["cond_drop"]
+            if isinstance(drop, bool) or not isinstance(drop, (int, float)) or not 0 <= drop < 1:
+                raise ConfigError(f"arch.cond_drop (the share of captions dropped, so that the UNet also learns to "
+                                  f"draw unconditionally) must be in [0, 1), got {drop!r}")
         if self.family == "autoencoder":
             w = self.architecture["kl_weight"]
             if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
@@ -168,6 +175,10 @@ class _Family:
     def calibrate(self, x: torch.Tensor) -> None:
         """Measure what the export records from training pictures x in [-1, 1] (nothing by default)."""
 
+    def prepare(self, x: torch.Tensor, captions: list[str]) -> None:
+        """Measure what training needs before its first step from the run's first batch (pictures x in
+        [-1, 1] and their captions; nothing by default)."""
+
     def set_lr(self, lr: float) -> None:
         for opt in self.optims.values():
             for g in opt.param_groups:
@@ -192,7 +203,7 @@ class _VQGAN(_Family):
         self.usage = torch.zeros(a["n_embed"])
         self.g = g
 
-    def step(self, x: torch.Tensor, step: int) -> dict[str, float]:
+    def step(self, x: torch.Tensor, step: int, captions: list[str]) -> dict[str, float]:
         net, opt = self.net, self.optims["vqgan"]
         with self.autocast():
             z = net.encode(x).float()                                        # (B, D, h, w)
@@ -396,7 +407,7 @@ class _StyleGAN(_Family):
             f_loss = F.softplus(f_fake).mean() + F.softplus(-f_real).mean()
         return loss + self.f_weight * f_loss, f_loss
 
-    def step(self, x: torch.Tensor, step: int) -> dict[str, float]:
+    def step(self, x: torch.Tensor, step: int, captions: list[str]) -> dict[str, float]:
         n = x.shape[0]
         # discriminator
         self.disc.requires_grad_(True)
@@ -482,7 +493,7 @@ class _Autoencoder(_Family):
         self.g = g
         self.scaling = 1.0
 
-    def step(self, x: torch.Tensor, step: int) -> dict[str, float]:
+    def step(self, x: torch.Tensor, step: int, captions: list[str]) -> dict[str, float]:
         with self.autocast():
             posterior = self.vae.encode(x).latent_dist
         mean, logvar = posterior.mean.float(), posterior.logvar.float()
@@ -530,11 +541,18 @@ class _Autoencoder(_Family):
 
 
 def load_autoencoder(path: str | Path) -> nn.Module:
-    """A diffusers autoencoder folder (AutoencoderKL or VQModel: config.json and weights), frozen, fp32."""
+    """A diffusers autoencoder folder (AutoencoderKL or VQModel: config.json and weights), frozen,
+    fp32; or a VQGAN (`vqgan` for the bundled one, or a VQGAN checkpoint file) as the equal diffusers
+    VQModel, whose latents' scaling factor is still 1 (`_Diffusion` measures it)."""
     from .base import freeze
     from .diffusion import _AUTOENCODERS, _diffusers
 
     root = Path(path)
+    if str(path) == "vqgan" or root.is_file():
+        from . import load_network
+        from .vqgan import to_diffusers
+
+        return freeze(to_diffusers(load_network("vqgan", None if str(path) == "vqgan" else str(path)).float()))
     config = root / "config.json"
     if not config.is_file():
         raise ConfigError(f"no autoencoder at '{root}': arch.vae is a diffusers autoencoder folder with config.json "
@@ -549,10 +567,15 @@ class _Diffusion(_Family):
     """A diffusers UNet2DModel trained with the plain mean squared error on DDPM noisy pictures
     (`train_timesteps` steps, `beta_schedule`), predicting the noise, the clean picture or v
     (`prediction_type`). With `ema` > 0 an exponential moving average of the weights is kept; it
-    makes the samples and is what is exported. With `vae` (an autoencoder folder) the UNet
-    denoises the autoencoder's scaled latents (the means of its latent distributions, as the
-    adapter encodes pictures) and the export is a latent pipeline that carries the autoencoder."""
+    makes the samples and is what is exported. With `vae` (an autoencoder folder, or a VQGAN) the
+    UNet denoises the autoencoder's scaled latents (the means of its latent distributions, as the
+    adapter encodes pictures) and the export is a latent pipeline that carries the autoencoder.
+    With `condition` (a CLIP model's name or path) the UNet draws captions: their unit text
+    embeddings, times sqrt(width), are its class label (class_embed_type 'identity'), a share
+    `cond_drop` of them replaced by zeros so that it also draws unconditionally (classifier-free
+    guidance); the export's clipguide.json names the model as its text_condition."""
 
+    cfg_scale = 3.0                                    # the exported default, and the samples'
     init_targets = ("unet", "ema")
 
     def __init__(self, cfg: GeneratorTrainConfig, g: torch.Generator):
@@ -566,17 +589,28 @@ class _Diffusion(_Family):
         if a["attention"]:
             down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
         self.vae = load_autoencoder(a["vae"]) if a["vae"] else None
+        self.measure_scaling = bool(a["vae"]) and (a["vae"] == "vqgan" or Path(a["vae"]).is_file())   # a VQGAN
         side, channels = cfg.size, 3
         if self.vae is not None:
             factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
             if cfg.size % factor:
                 raise ConfigError(f"size {cfg.size} is not a multiple of the autoencoder's factor {factor}")
             side, channels = cfg.size // factor, self.vae.config.latent_channels
+        self.text, self.text_scale, label = None, 1.0, {}
+        if a["condition"]:
+            from .. import load as load_clip
+
+            self.text = load_clip(a["condition"]).eval().requires_grad_(False)
+            width = self.text.config.embed_dim
+            self.text_scale = math.sqrt(width)
+            label = {"class_embed_type": "identity", "time_embedding_dim": width}
+        self.cond_drop, self.condition = float(a["cond_drop"]), a["condition"]
+        self.sample_captions: list[str] = []
         torch.manual_seed(cfg.seed)                    # diffusers initialises with the global generator
         self.unet = d.UNet2DModel(sample_size=side, in_channels=channels, out_channels=channels,
                                   block_out_channels=chans,
                                   layers_per_block=a["layers_per_block"], down_block_types=tuple(down),
-                                  up_block_types=tuple(up), norm_num_groups=a["norm_num_groups"])
+                                  up_block_types=tuple(up), norm_num_groups=a["norm_num_groups"], **label)
         # pixels live in [-1, 1]; latents do not, so their predictions are not clipped
         self.scheduler = d.DDPMScheduler(num_train_timesteps=a["train_timesteps"], beta_schedule=a["beta_schedule"],
                                          prediction_type=a["prediction_type"], clip_sample=self.vae is None)
@@ -589,6 +623,16 @@ class _Diffusion(_Family):
         self.optims = {"unet": torch.optim.AdamW(self.unet.parameters(), lr=cfg.lr, weight_decay=0.0)}
         self.g = g
 
+    @torch.no_grad()
+    def prepare(self, x: torch.Tensor, captions: list[str]) -> None:
+        """A VQGAN's latents carry no scaling factor: it is measured (1 / their standard deviation)
+        on the run's first batch x, so that the UNet sees unit variance; a resumed run measures the
+        same batch again. A text-conditional UNet's sample sheets draw the first batch's captions."""
+        self.sample_captions = list(captions)
+        if self.measure_scaling:
+            std = float(self.vae.encode(x).latents.std())
+            self.vae.register_to_config(scaling_factor=1.0 / max(std, 1e-6))
+
     @property
     def _final(self):                                  # the network that samples and is exported
         return self.nets.get("ema", self.unet)
@@ -596,9 +640,19 @@ class _Diffusion(_Family):
     def _model(self, unet: nn.Module):
         from .diffusion import DiffusionModel
 
-        return DiffusionModel(unet=unet, scheduler=self.scheduler, vae=self.vae)
+        return DiffusionModel(unet=unet, scheduler=self.scheduler, vae=self.vae, text_model=self.text,
+                              text_scale=self.text_scale, cfg_scale=self.cfg_scale)
 
-    def step(self, x: torch.Tensor, step: int) -> dict[str, float]:
+    @torch.no_grad()
+    def _labels(self, captions: list[str], drop: bool = True) -> torch.Tensor:
+        """(B, width) the UNet's class labels for `captions`; with `drop`, each is zeros with
+        probability cond_drop."""
+        emb = self.text.encode_text(self.text.tokenize(captions, truncate=True), normalize=True).float()
+        if drop:
+            emb = emb * (torch.rand(len(captions), generator=self.g) >= self.cond_drop)[:, None]
+        return emb * self.text_scale
+
+    def step(self, x: torch.Tensor, step: int, captions: list[str]) -> dict[str, float]:
         n = x.shape[0]
         if self.vae is not None:
             with torch.no_grad(), self.autocast():
@@ -610,8 +664,9 @@ class _Diffusion(_Family):
         target = {"epsilon": noise, "sample": x}.get(kind)
         if target is None:
             target = self.scheduler.get_velocity(x, noise, t)
+        label = {"class_labels": self._labels(captions)} if self.text is not None else {}
         with self.autocast():
-            pred = self.unet(noisy, t).sample.float()
+            pred = self.unet(noisy, t, **label).sample.float()
         loss = F.mse_loss(pred, target)
         opt = self.optims["unet"]
         opt.zero_grad(set_to_none=True)
@@ -633,6 +688,9 @@ class _Diffusion(_Family):
         model = self._model(net)
         side = net.config.sample_size
         noise = torch.randn(n, net.config.in_channels, side, side, generator=g)
+        if self.text is not None:                   # the first batch's captions, in turn
+            model.label = self._labels([self.sample_captions[i % len(self.sample_captions)] for i in range(n)],
+                                       drop=False)
         out = model.decode(ddim_sample(model, noise, steps)) * 2 - 1
         net.train()
         return out
@@ -656,6 +714,12 @@ class _Diffusion(_Family):
             copy.deepcopy(self.vae).to(torch.float16).save_pretrained(root / "vae", safe_serialization=True)
             index["vae"] = ["diffusers", type(self.vae).__name__]
         atomic_write_text(root / "model_index.json", json.dumps(index, indent=2))
+        if self.text is not None:
+            from ..guide.steer import model_hash
+
+            metadata = {**metadata, "text_condition": {
+                "model": self.condition, "model_hash": model_hash(self.text), "scale": self.text_scale,
+                "cfg_scale": self.cfg_scale}}
         atomic_write_text(root / "clipguide.json", json.dumps({"clipguide_version": __version__, **metadata}, indent=2))
         return root
 
@@ -705,6 +769,8 @@ def train_generator(cfg: GeneratorTrainConfig, progress: bool = True, resume: bo
     family.precision = cfg.precision
     stream = BatchStream(source if source is not None else open_source(cfg.data), cfg.batch_size, cfg.size, cfg.seed)
     start, seconds = 0, 0.0
+    first, first_captions = stream.batch(0)
+    family.prepare(first.float() / 127.5 - 1.0, first_captions)
     if state is None and cfg.init:
         family.start_from(_init_network(cfg))
     if state is not None:
@@ -725,10 +791,10 @@ def train_generator(cfg: GeneratorTrainConfig, progress: bool = True, resume: bo
     log = open(out / "metrics.jsonl", "a")
     t0 = time.perf_counter()
     for step in range(start, cfg.steps):
-        images, _ = stream.batch(step)
+        images, captions = stream.batch(step)
         x = images.float() / 127.5 - 1.0                                  # [-1, 1]
         family.set_lr(_lr_at(cfg, step))
-        metrics = family.step(x, step)
+        metrics = family.step(x, step, captions)
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             record = {"step": step, **{k: round(v, 5) if isinstance(v, float) else v for k, v in metrics.items()},
                       "lr": _lr_at(cfg, step), "train_seconds": round(seconds + time.perf_counter() - t0, 1)}

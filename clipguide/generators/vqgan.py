@@ -738,3 +738,77 @@ class VQGANLatent(Generator):
 
     def forward(self) -> torch.Tensor:                                  # (B, 3, H, W) in [0, 1]
         return self.decode(self.latent)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the diffusers layout (a latent diffusion pipeline's `vae`)
+# ---------------------------------------------------------------------------------------------------
+def _resnet_keys(src: str, dst: str) -> dict[str, str]:
+    names = {"norm1": "norm1", "conv1": "conv1", "norm2": "norm2", "conv2": "conv2", "nin_shortcut": "conv_shortcut"}
+    return {f"{src}.{a}.{p}": f"{dst}.{b}.{p}" for a, b in names.items() for p in ("weight", "bias")}
+
+
+def _attention_keys(src: str, dst: str) -> dict[str, str]:
+    names = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
+    return {f"{src}.{a}.{p}": f"{dst}.{b}.{p}" for a, b in names.items() for p in ("weight", "bias")}
+
+
+def diffusers_key_map(net: VQGAN) -> dict[str, str]:
+    """Each state-dict key of `net` (taming names) -> its name in a diffusers VQModel."""
+    dd = net.config.ddconfig
+    n = len(dd.ch_mult)
+    out = {f"{a}.{p}": f"{b}.{p}" for a, b in (("quant_conv", "quant_conv"), ("post_quant_conv", "post_quant_conv"))
+           for p in ("weight", "bias")}
+    out["quantize.embedding.weight"] = "quantize.embedding.weight"
+    for part, levels, blocks, resample in (("encoder", "down", dd.num_res_blocks, "downsample"),
+                                           ("decoder", "up", dd.num_res_blocks + 1, "upsample")):
+        for a, b in (("conv_in", "conv_in"), ("norm_out", "conv_norm_out"), ("conv_out", "conv_out")):
+            out.update({f"{part}.{a}.{p}": f"{part}.{b}.{p}" for p in ("weight", "bias")})
+        out.update(_resnet_keys(f"{part}.mid.block_1", f"{part}.mid_block.resnets.0"))
+        out.update(_attention_keys(f"{part}.mid.attn_1", f"{part}.mid_block.attentions.0"))
+        out.update(_resnet_keys(f"{part}.mid.block_2", f"{part}.mid_block.resnets.1"))
+        for i in range(n):
+            j = i if part == "encoder" else n - 1 - i               # diffusers runs the decoder's levels in order
+            dst = f"{part}.{levels}_blocks.{j}"
+            for k in range(blocks):
+                out.update(_resnet_keys(f"{part}.{levels}.{i}.block.{k}", f"{dst}.resnets.{k}"))
+                if dd.attends(i):
+                    out.update(_attention_keys(f"{part}.{levels}.{i}.attn.{k}", f"{dst}.attentions.{k}"))
+            out.update({f"{part}.{levels}.{i}.{resample}.conv.{p}": f"{dst}.{resample}rs.0.conv.{p}"
+                        for p in ("weight", "bias")})
+    return out
+
+
+def to_diffusers(net: VQGAN, scaling_factor: float = 1.0):
+    """The same network as a diffusers ``VQModel`` (what a latent diffusion pipeline keeps as its
+    `vae`): equal encodings and decodings. `scaling_factor` is recorded in its config (the
+    diffusion side multiplies latents by it). A Gumbel VQGAN, or a first level wider than `ch`
+    (ch_mult[0] != 1), has no VQModel equivalent and is refused."""
+    from .diffusion import _diffusers
+
+    cfg, dd = net.config, net.config.ddconfig
+    if cfg.quantizer != "vq":
+        raise InputError(f"a {cfg.quantizer} VQGAN has no diffusers VQModel equivalent (VQModel quantizes by "
+                         "nearest code vector)")
+    if dd.ch_mult[0] != 1:
+        raise InputError(f"ch_mult {list(dd.ch_mult)} starts above 1, which a diffusers VQModel cannot express "
+                         "(its first level keeps the input convolution's width)")
+    levels = range(len(dd.ch_mult))
+    model = _diffusers().VQModel(
+        in_channels=dd.in_channels, out_channels=dd.out_ch, latent_channels=dd.z_channels,
+        down_block_types=tuple("AttnDownEncoderBlock2D" if dd.attends(i) else "DownEncoderBlock2D" for i in levels),
+        up_block_types=tuple("AttnUpDecoderBlock2D" if dd.attends(i) else "UpDecoderBlock2D" for i in reversed(levels)),
+        block_out_channels=tuple(dd.widths), layers_per_block=dd.num_res_blocks, act_fn="silu",
+        sample_size=dd.resolution, num_vq_embeddings=cfg.n_embed, norm_num_groups=32, vq_embed_dim=cfg.embed_dim,
+        scaling_factor=float(scaling_factor))
+    names = diffusers_key_map(net)
+    target = model.state_dict()
+    state = {}
+    for key, value in net.state_dict().items():
+        name = names[key]
+        state[name] = value.reshape(target[name].shape)             # attention: 1x1 convolutions -> linear layers
+    missing = sorted(set(target) - set(state))
+    if missing:
+        raise AssertionError(f"VQModel keys without a source: {missing[:5]}")
+    model.load_state_dict(state)
+    return model.to(net.codebook.dtype).eval()

@@ -122,6 +122,7 @@ def edit_image(model, image: torch.Tensor, prompt, *, source: str | None = None,
     options = dict(generator_options or {})
     gen = build_generator(generator, size=hw, seed=seed, init=target,
                           network=network, **options)
+    gen.condition(prompt if isinstance(prompt, str) else None)   # a text-conditional network draws the target
     if source is not None and not source.strip():
         raise InputError("source text is empty: describe what the image shows now, or leave it out")
     clip_size = model.config.vision.image_size

@@ -76,7 +76,7 @@ def guided_image(model, prompt: str, *, generator: str = "fourier", size: int | 
     steps, lr, tv = steering_defaults(generator, steps, lr, tv)
     if prior is not None and init is not None:
         raise InputError("give either an init image or a text prior: both would set the start")
-    gen, size = _generator(model, generator, size, seed, network, generator_model, generator_options, init)
+    gen, size = _generator(model, generator, size, seed, network, generator_model, generator_options, init, prompt)
     if prior is not None:
         prior = load_prior(prior)
         start_from_prior(gen, prior, model, prompt, seed)
@@ -86,9 +86,10 @@ def guided_image(model, prompt: str, *, generator: str = "fourier", size: int | 
 
 
 def _generator(model, generator: str, size, seed: int, network=None, generator_model=None,
-               options: dict | None = None, init: torch.Tensor | None = None):
-    """A seeded generator and the size asked of it: a generator without a network of its own
-    (pixels, Fourier) makes pictures at the guide's input size unless told otherwise."""
+               options: dict | None = None, init: torch.Tensor | None = None, prompt: str | None = None):
+    """A seeded generator drawing `prompt` (if its network reads text) and the size asked of it: a
+    generator without a network of its own (pixels, Fourier) makes pictures at the guide's input
+    size unless told otherwise."""
     from ..generators import build_generator, load_network
 
     if network is None:
@@ -96,6 +97,7 @@ def _generator(model, generator: str, size, seed: int, network=None, generator_m
     if network is None:
         size = size or model.config.vision.image_size
     gen = build_generator(generator, size=size, seed=seed, init=init, network=network, **(options or {}))
+    gen.condition(prompt)
     return gen, size
 
 
@@ -208,7 +210,7 @@ def guided_eval(guide, judge, prompts: Sequence[str] | None = None, *, generator
 
         bar = tqdm(total=len(prompts), desc="guided eval", unit="prompt", dynamic_ncols=True)
     for k, p in enumerate(prompts):
-        gen, gen_size = _generator(guide, generator, size, seed + k, network, options=generator_options)
+        gen, gen_size = _generator(guide, generator, size, seed + k, network, options=generator_options, prompt=p)
         if prior is not None:
             start_from_prior(gen, prior, guide, p, seed + k)
         with torch.no_grad():
