@@ -286,7 +286,7 @@ def _eval_edits(args) -> int:
     report, pictures = edit_study(guide, judge, cases, generator=args.generator, steps=args.steps, lr=args.lr,
                                   cutouts=args.cutouts, preserve=args.preserve, outside=args.outside, seed=args.seed,
                                   generator_model=args.generator_model, generator_options=_generator_options(args),
-                                  run_options=run_options, prior=args.prior)
+                                  run_options=run_options, prior=args.prior, strength=args.strength)
     for i, c in enumerate(cases):
         print(json.dumps({"kind": c.kind, "source": c.source, "target": c.target, "masked": c.masked,
                           "applied": report.applied[i], "applied_before_edit": report.applied_before[i],
@@ -298,6 +298,7 @@ def _eval_edits(args) -> int:
     print(json.dumps({"task": "edits", "guide": args.model, "judge": args.judge, "generator": args.generator,
                       "steps": args.steps, "preserve": edit_preserve(args.generator, args.preserve),
                       "outside": args.outside, **({"prior": args.prior} if args.prior else {}), **_cfg_flag(args),
+                      **({"strength": args.strength} if args.generator == "diffusion" else {}),
                       **report.summary()}),
           flush=True)
     if args.sheet:
@@ -471,6 +472,11 @@ def _add_generator_args(p: argparse.ArgumentParser, default: str = "fourier", ed
     _add_guidance_scale(p)
 
 
+def _add_strength(p: argparse.ArgumentParser, where: str) -> None:
+    p.add_argument("--strength", type=float, default=0.6, help=f"{where}: how far the image is re-noised (0-1, "
+                   "default 0.6)")
+
+
 def _add_outside(p: argparse.ArgumentParser) -> None:
     p.add_argument("--outside", type=float, default=10.0, metavar="W",
                    help="masked edits: weight of the generator's own picture staying like the original outside "
@@ -578,6 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preserve", type=float, default=None, help="edits: weight of staying near the original "
                    "(default 1; grade 0)")
     _add_outside(p)
+    _add_strength(p, "edits, diffusion")
     p.add_argument("--steps", type=int, default=None, help="guided, edits: steps per picture (default: " + _FAMILY_DEFAULTS
                    + "; edits 100)")
     p.add_argument("--lr", type=float, default=None, help="guided, edits: learning rate (default: the generator's own; "
@@ -640,8 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 1; grade 0: it cannot draw or move anything)")
     _add_outside(p)
     p.add_argument("--latent-weight", type=float, default=0.0, help="weight of staying close to the image's latent")
-    p.add_argument("--strength", type=float, default=0.6, help="diffusion: how far the image is re-noised (0-1, "
-                   "default 0.6)")
+    _add_strength(p, "diffusion")
     p.add_argument("--model", default="default", help="guide model name or checkpoint path (default: bundled)")
     _add_generator_args(p, edit=True)
     p.add_argument("--steps", type=int, default=100, help="steps (default 100)")

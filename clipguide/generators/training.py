@@ -179,6 +179,10 @@ class _Family:
         """Measure what training needs before its first step from the run's first batch (pictures x in
         [-1, 1] and their captions; nothing by default)."""
 
+    def sheet_note(self) -> str:
+        """What the model card says of samples.png."""
+        return "Unguided samples: `samples.png`."
+
     def set_lr(self, lr: float) -> None:
         for opt in self.optims.values():
             for g in opt.param_groups:
@@ -633,6 +637,12 @@ class _Diffusion(_Family):
             std = float(self.vae.encode(x).latents.std())
             self.vae.register_to_config(scaling_factor=1.0 / max(std, 1e-6))
 
+    def sheet_note(self) -> str:
+        if self.text is None:
+            return super().sheet_note()
+        return (f"Samples without CLIP guidance: `samples.png`, drawn for the captions of the first training batch "
+                f"in turn (classifier-free guidance {self.cfg_scale}, 50 DDIM steps).")
+
     @property
     def _final(self):                                  # the network that samples and is exported
         return self.nets.get("ema", self.unet)
@@ -917,7 +927,7 @@ A {cfg.family} generator trained by clipguide {__version__} on {cfg.size} px pic
 - last logged metrics: `{json.dumps({k: v for k, v in last.items() if k != 'step'})}`
 - exported: `{path.name}` (fp16)
 
-Unguided samples: `samples.png`.
+{family.sheet_note()}
 {cfg.model_card}
 """
     atomic_write_text(dest / "MODEL_CARD.md", text)
