@@ -111,9 +111,11 @@ def _closer_to_world_than_flat_and_untrained(pictures: dict, real: torch.Tensor)
 
 
 def test_bundled_diffusion_draws_world_like_pictures():
-    """The bundled diffusion network's unguided pictures are smooth like world renders and, in the
-    judge's feature space, closer to them than a flat picture of the world's mean colour and than
-    the pictures of the same UNet untrained (diffusers' own initialisation)."""
+    """The bundled diffusion network's unguided (unconditional) pictures are smooth like world
+    renders and, in the judge's feature space, closer to them than a flat picture of the world's
+    mean colour and than the pictures of the same UNet untrained (diffusers' own initialisation,
+    decoded by the same trained VQGAN, so smooth as well: measured total variation 0.0014 trained,
+    0.0042 untrained, 0.0056 world renders; judge distances 0.68, 0.96, flat 0.94)."""
     import dataclasses
 
     from diffusers import UNet2DModel
@@ -128,7 +130,7 @@ def test_bundled_diffusion_draws_world_like_pictures():
     untrained = dataclasses.replace(trained, unet=unet, _ddim_cache={})
     pictures = _unguided("diffusion", {"trained": trained, "untrained": untrained}, batch=6)
     real_tv = total_variation(real).mean()
-    assert total_variation(pictures["trained"]).mean() < 4 * real_tv < total_variation(pictures["untrained"]).mean()
+    assert total_variation(pictures["trained"]).mean() < 4 * real_tv
     _closer_to_world_than_flat_and_untrained(pictures, real)
 
 

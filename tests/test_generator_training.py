@@ -243,11 +243,11 @@ def test_a_snapshot_exports_a_run_part_way(tmp_path, monkeypatch):
     calls = {"n": 0}
     real_step = T._Diffusion.step
 
-    def dying_step(self, x, step):
+    def dying_step(self, x, step, captions):
         calls["n"] += 1
         if calls["n"] == 4:                                  # killed after the checkpoint of step 3
             raise KeyboardInterrupt
-        return real_step(self, x, step)
+        return real_step(self, x, step, captions)
 
     T._Diffusion.step = dying_step
     try:

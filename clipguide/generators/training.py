@@ -207,7 +207,7 @@ class _VQGAN(_Family):
         self.usage = torch.zeros(a["n_embed"])
         self.g = g
 
-    def step(self, x: torch.Tensor, step: int, captions: list[str]) -> dict[str, float]:
+    def step(self, x: torch.Tensor, step: int, captions: list[str] | None = None) -> dict[str, float]:
         net, opt = self.net, self.optims["vqgan"]
         with self.autocast():
             z = net.encode(x).float()                                        # (B, D, h, w)
@@ -411,7 +411,7 @@ class _StyleGAN(_Family):
             f_loss = F.softplus(f_fake).mean() + F.softplus(-f_real).mean()
         return loss + self.f_weight * f_loss, f_loss
 
-    def step(self, x: torch.Tensor, step: int, captions: list[str]) -> dict[str, float]:
+    def step(self, x: torch.Tensor, step: int, captions: list[str] | None = None) -> dict[str, float]:
         n = x.shape[0]
         # discriminator
         self.disc.requires_grad_(True)
@@ -497,7 +497,7 @@ class _Autoencoder(_Family):
         self.g = g
         self.scaling = 1.0
 
-    def step(self, x: torch.Tensor, step: int, captions: list[str]) -> dict[str, float]:
+    def step(self, x: torch.Tensor, step: int, captions: list[str] | None = None) -> dict[str, float]:
         with self.autocast():
             posterior = self.vae.encode(x).latent_dist
         mean, logvar = posterior.mean.float(), posterior.logvar.float()
@@ -662,7 +662,7 @@ class _Diffusion(_Family):
             emb = emb * (torch.rand(len(captions), generator=self.g) >= self.cond_drop)[:, None]
         return emb * self.text_scale
 
-    def step(self, x: torch.Tensor, step: int, captions: list[str]) -> dict[str, float]:
+    def step(self, x: torch.Tensor, step: int, captions: list[str] | None = None) -> dict[str, float]:
         n = x.shape[0]
         if self.vae is not None:
             with torch.no_grad(), self.autocast():
@@ -674,6 +674,8 @@ class _Diffusion(_Family):
         target = {"epsilon": noise, "sample": x}.get(kind)
         if target is None:
             target = self.scheduler.get_velocity(x, noise, t)
+        if self.text is not None and captions is None:
+            raise ConfigError("a text-conditional diffusion run trains on captions: the data source gave none")
         label = {"class_labels": self._labels(captions)} if self.text is not None else {}
         with self.autocast():
             pred = self.unet(noisy, t, **label).sample.float()
