@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -395,7 +394,7 @@ def _run_options(args) -> dict:
     guidance stop."""
     from clipguide.errors import InputError
     from clipguide.generators import SEARCHING
-    from clipguide.generators.diffusion import check_guidance
+    from clipguide.generators.diffusion import check_cfg_scale, check_guidance
 
     cfg_scale = getattr(args, "cfg_scale", None)
     if cfg_scale is not None:
@@ -403,9 +402,10 @@ def _run_options(args) -> dict:
             raise InputError("--cfg-scale is for 'eval guided' and 'eval edits', not zero-shot evaluation")
         if args.generator != "diffusion":
             raise InputError(f"--cfg-scale only applies to --generator diffusion (got {args.generator})")
-        if not (math.isfinite(cfg_scale) and cfg_scale >= 0):
-            raise InputError(f"--cfg-scale (classifier-free guidance toward the prompt) must be a finite number "
-                             f">= 0, got {cfg_scale}")
+        try:
+            check_cfg_scale(cfg_scale)
+        except InputError as e:
+            raise InputError(f"--cfg-scale: {e}") from None
     search = getattr(args, "search", None)
     if search is not None:
         if search < 1:

@@ -17,6 +17,10 @@ the noise level: the same order all through the schedule early on, fading as the
 in between (time travel), so the model can reconcile the guided prediction with its own. Edits start from an image: noised part-way (SDEdit, `strength` in (0, 1])
 or inverted deterministically with DDIM, then denoised with guidance.
 
+A `UNet2DModel` with `class_embed_type="identity"` is text-conditional: its class label is a CLIP
+model's text embedding (the model its clipguide.json names), so it draws the prompt it is given
+(`DiffusionLatent.condition`), with classifier-free guidance at `cfg_scale`; CLIP guidance acts on top.
+
     model = load_diffusion("path/to/pipeline_dir")            # a local diffusers directory
     gen = DiffusionLatent(model, size=64, generator=torch.Generator().manual_seed(0))
     result = gen.run(CLIPLoss(clip, "a gothic church"), steps=50, guidance_scale=0.15)
@@ -328,9 +332,7 @@ class DiffusionLatent(Generator):
                  cfg_scale: float | None = None):
         super().__init__()
         if cfg_scale is not None:
-            if not (math.isfinite(cfg_scale) and cfg_scale >= 0):
-                raise InputError(f"cfg_scale (classifier-free guidance of a text-conditional UNet) must be a finite "
-                                 f"number >= 0, got {cfg_scale}")
+            check_cfg_scale(cfg_scale)
             model = dataclasses.replace(model, cfg_scale=float(cfg_scale))
         h, w = (size, size) if isinstance(size, int) else size
         m, f = model.size_multiple, model.scale_factor
@@ -400,6 +402,13 @@ def _best_particles(images: torch.Tensor, losses: torch.Tensor, pictures: int) -
     k = images.shape[0] // pictures
     best = losses.view(pictures, k).argmin(dim=1)
     return images.view(pictures, k, *images.shape[1:])[torch.arange(pictures), best]
+
+
+def check_cfg_scale(cfg_scale: float) -> None:
+    """Refuse a classifier-free guidance scale that is not a finite number >= 0, saying what it means."""
+    if not (math.isfinite(cfg_scale) and cfg_scale >= 0):
+        raise InputError(f"cfg_scale (classifier-free guidance of a text-conditional UNet toward its prompt; 1: none, "
+                         f"0: unconditional) must be a finite number >= 0, got {cfg_scale}")
 
 
 def check_guidance(guidance_scale: float = 0.15, guidance_stop: float = 1.0) -> None:
