@@ -256,10 +256,10 @@ def _text_condition(root: Path, unet: nn.Module, device) -> dict[str, Any]:
                               "(class_embed_type 'identity') but clipguide.json names no text_condition model "
                               "whose text embeddings it reads: add {\"text_condition\": {\"model\": NAME, ...}}")
     from .. import load as load_clip
-    from ..guide.steer import model_hash
+    from ..guide.steer import is_text_model, model_hash
 
     clip = load_clip(meta["model"]).eval().to(device)
-    if clip.config.embed_dim != label_width(unet) or (meta.get("model_hash") and model_hash(clip) != meta["model_hash"]):
+    if not is_text_model(clip, label_width(unet), meta.get("model_hash") or ""):
         raise CheckpointError(f"the UNet of '{root}' reads the text embeddings of '{meta['model']}' (weights "
                               f"{meta.get('model_hash') or 'unrecorded'}, {label_width(unet)} wide), and the model "
                               f"loaded by that name is another ({clip.config.embed_dim} wide, weights {model_hash(clip)})")

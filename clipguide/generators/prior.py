@@ -357,10 +357,10 @@ def prompt_embedding(model, prompts: Sequence[str]) -> torch.Tensor:
 
 def check_guide(prior: Prior, model) -> None:
     """InputError unless `model` is the guide whose text embeddings `prior` reads."""
-    from ..guide.steer import model_hash
+    from ..guide.steer import is_text_model
 
     c = prior.config
-    if model.config.embed_dim != c.embed_dim or (c.guide_hash and model_hash(model) != c.guide_hash):
+    if not is_text_model(model, c.embed_dim, c.guide_hash):
         raise InputError(f"this prior reads the text embeddings of the guide '{c.guide or 'unknown'}' (weights "
                          f"{c.guide_hash or 'unrecorded'}, {c.embed_dim} wide); the guide given is another model: use "
                          "the guide it was trained with, or train a prior for this one (clipguide train-prior)")

@@ -544,6 +544,12 @@ class _Autoencoder(_Family):
         return root
 
 
+def _names_a_vqgan(path: str | Path) -> bool:
+    """Whether arch.vae names a VQGAN (`vqgan`, the bundled one, or a checkpoint file) rather than a
+    diffusers autoencoder folder."""
+    return str(path) == "vqgan" or Path(path).is_file()
+
+
 def load_autoencoder(path: str | Path) -> nn.Module:
     """A diffusers autoencoder folder (AutoencoderKL or VQModel: config.json and weights), frozen,
     fp32; or a VQGAN (`vqgan` for the bundled one, or a VQGAN checkpoint file) as the equal diffusers
@@ -552,7 +558,7 @@ def load_autoencoder(path: str | Path) -> nn.Module:
     from .diffusion import _AUTOENCODERS, _diffusers
 
     root = Path(path)
-    if str(path) == "vqgan" or root.is_file():
+    if _names_a_vqgan(path):
         from . import load_network
         from .vqgan import to_diffusers
 
@@ -593,7 +599,7 @@ class _Diffusion(_Family):
         if a["attention"]:
             down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
         self.vae = load_autoencoder(a["vae"]) if a["vae"] else None
-        self.measure_scaling = bool(a["vae"]) and (a["vae"] == "vqgan" or Path(a["vae"]).is_file())   # a VQGAN
+        self.measure_scaling = bool(a["vae"]) and _names_a_vqgan(a["vae"])
         side, channels = cfg.size, 3
         if self.vae is not None:
             factor = 2 ** (len(self.vae.config.block_out_channels) - 1)

@@ -98,6 +98,12 @@ def model_hash(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def is_text_model(model: nn.Module, width: int, weights: str = "") -> bool:
+    """Whether `model` embeds `width`-wide and, when `weights` (a model_hash) is recorded, has
+    those weights: the check of a network trained on a CLIP's text embeddings."""
+    return model.config.embed_dim == width and (not weights or model_hash(model) == weights)
+
+
 def _provenance(loss_fn: Any, generator: nn.Module, settings: dict) -> dict:
     prov: dict[str, Any] = {"clipguide_version": __version__, "generator": type(generator).__name__, **settings}
     prompts = getattr(loss_fn, "prompts", None)
