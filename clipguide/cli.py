@@ -297,7 +297,8 @@ def _eval_edits(args) -> int:
     print(json.dumps({"task": "edits", "guide": args.model, "judge": args.judge, "generator": args.generator,
                       "steps": args.steps, "preserve": edit_preserve(args.generator, args.preserve),
                       "outside": args.outside, **({"prior": args.prior} if args.prior else {}), **_cfg_flag(args),
-                      **({"strength": args.strength} if args.generator == "diffusion" else {}),
+                      **({"strength": args.strength, "edit_start": args.edit_start or "inversion"}
+                         if args.generator == "diffusion" else {}),
                       **report.summary()}),
           flush=True)
     if args.sheet:
@@ -416,6 +417,13 @@ def _run_options(args) -> dict:
             raise InputError(f"--search needs a generator network to draw starts from ({', '.join(SEARCHING)}), "
                              f"not --generator {args.generator}")
     searched = {"search": search} if search is not None else {}
+    edit_start = getattr(args, "edit_start", None)
+    if edit_start is not None:
+        if getattr(args, "what", "edits") != "edits":
+            raise InputError(f"--edit-start is for 'eval edits', not 'eval {args.what}'")
+        if args.generator != "diffusion":
+            raise InputError(f"--edit-start only applies to --generator diffusion (got {args.generator})")
+        searched["edit_start"] = edit_start
     options = {name: getattr(args, name) for name in ("guidance_scale", "guidance_stop")
                if getattr(args, name, None) is not None}
     if not options:
@@ -475,6 +483,9 @@ def _add_generator_args(p: argparse.ArgumentParser, default: str = "fourier", ed
 def _add_strength(p: argparse.ArgumentParser, where: str) -> None:
     p.add_argument("--strength", type=float, default=0.6, help=f"{where}: how far the image is re-noised (0-1, "
                    "default 0.6)")
+    p.add_argument("--edit-start", choices=["inversion", "noise"], default=None,
+                   help=f"{where}: how the image is taken that far: 'inversion' (DDIM inversion, under --source "
+                   "where the network reads text; the default) or 'noise' (SDEdit)")
 
 
 def _add_outside(p: argparse.ArgumentParser) -> None:

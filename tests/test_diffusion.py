@@ -157,11 +157,40 @@ def test_same_seed_same_result_and_ddpm_uses_the_seed(pixel_model):
 def test_sdedit_strength_controls_how_far_an_edit_goes(pixel_model):
     init = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(2))
     gen = DiffusionLatent(pixel_model, size=16, init=init, sample_steps=8)
-    near = gen.run(_redness, strength=0.25, guidance_scale=0.0, progress=False).images
-    far = gen.run(_redness, strength=0.9, guidance_scale=0.0, progress=False).images
-    inverted = gen.run(_redness, strength=1.0, guidance_scale=0.0, progress=False).images   # from DDIM inversion
+    run = lambda **kw: gen.run(_redness, guidance_scale=0.0, progress=False, **kw).images   # noqa: E731
+    near, far = run(strength=0.25, edit_start="noise"), run(strength=0.9, edit_start="noise")
+    inverted = run(strength=0.9)                                  # the default start: DDIM inversion
     assert (near - init).abs().mean() < (far - init).abs().mean()
     assert (inverted - init).abs().mean() < (far - init).abs().mean()
+    assert (run(strength=1.0) - init).abs().mean() < (run(strength=1.0, edit_start="noise") - init).abs().mean()
+    with pytest.raises(InputError, match="edit_start"):
+        run(edit_start="latent")
+
+
+def test_a_region_keeps_the_rest_of_the_image_on_its_own_path(pixel_model):
+    init = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    region = torch.zeros(16, 16)
+    region[4:12, 4:12] = 1
+    inside = region.bool()
+    for start in ("inversion", "noise"):
+        gen = DiffusionLatent(pixel_model, size=16, init=init, sample_steps=6)
+        free = gen.run(_redness, strength=0.8, guidance_scale=1.0, progress=False, edit_start=start).images
+        gen.restrict(region)
+        held = gen.run(_redness, strength=0.8, guidance_scale=1.0, progress=False, edit_start=start)
+        out = held.images[0]
+        assert held.provenance["region"] is True and held.provenance["edit_start"] == start
+        torch.testing.assert_close(out[:, ~inside], init[0][:, ~inside], atol=1e-5, rtol=0)   # the image, exactly
+        assert (free[0][:, ~inside] - init[0][:, ~inside]).abs().mean() > 1e-3                 # which it was not
+        assert (out[:, inside] - init[0][:, inside]).abs().mean() > 1e-3                       # the region is redrawn
+        gen.restrict(None)
+        torch.testing.assert_close(gen.run(_redness, strength=0.8, guidance_scale=1.0, progress=False,
+                                           edit_start=start).images, free)
+    with pytest.raises(InputError, match="region"):
+        gen.restrict(torch.full((16, 16), 2.0))
+    blank = DiffusionLatent(pixel_model, size=16, sample_steps=4)
+    blank.restrict(region)
+    with pytest.raises(InputError, match="init"):
+        blank.run(_redness, progress=False)
 
 
 def test_ddim_inversion_round_trip_improves_with_steps(pixel_model):
@@ -377,6 +406,46 @@ def test_cfg_scale_on_the_command_line(text_dir, tmp_path, capsys):
     assert main(args[:-4] + ["--generator", "vqgan", "--generator-model", str(tmp_path / "missing.ckpt"),
                              "--cfg-scale", "2"]) == 2
     assert "--cfg-scale only applies to --generator diffusion (got vqgan)" in capsys.readouterr().err
+
+
+def test_an_edit_inverts_the_image_under_its_source_text(text_dir, tmp_path, capsys):
+    """A text-conditional network reads the image as the source text (inversion without
+    classifier-free guidance) and draws the target; `--edit-start` reaches the sampler from the
+    command line and only there."""
+    from PIL import Image
+
+    import clipguide
+    from clipguide.cli import main
+    from clipguide.guide.edit import edit_image
+
+    model = load_diffusion(text_dir)
+    init = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    gen = DiffusionLatent(model, size=16, init=init, sample_steps=4)
+    gen.condition("a red star", "a blue circle")
+    assert torch.equal(gen.model.label, model.conditioned("a red star").label) and gen.model.cfg_scale == 3.0
+    assert torch.equal(gen.inverter.label, model.conditioned("a blue circle").label) and gen.inverter.cfg_scale == 1.0
+    read_as = lambda source: (gen.condition("a red star", source),                       # noqa: E731
+                              gen.run(_redness, strength=0.9, guidance_scale=0.0, progress=False).images)[1]
+    assert not torch.allclose(read_as("a blue circle"), read_as("a green square"))
+    assert torch.equal(read_as("a blue circle"), read_as("a blue circle"))
+    clip = clipguide.load("default")
+    region = torch.zeros(16, 16)
+    region[:8] = 1
+    res = edit_image(clip, init, "a red star", source="a blue circle", generator="diffusion", network=model,
+                     mask=region, steps=3, cutouts=2, progress=False, size=16)
+    torch.testing.assert_close(res.images[0][:, 8:], init[0][:, 8:], atol=1e-5, rtol=0)
+    assert res.provenance["region"] is True and res.provenance["edit_start"] == "inversion"
+    png = tmp_path / "in.png"
+    Image.fromarray((init[0].permute(1, 2, 0) * 255).round().byte().numpy()).save(png)
+    out = tmp_path / "out.png"
+    args = ["edit", "--image", str(png), "--prompt", "a red star", "--source", "a blue circle", "--out", str(out),
+            "--steps", "2", "--cutouts", "2", "--generator", "diffusion", "--generator-model", str(text_dir)]
+    assert main(args + ["--edit-start", "noise"]) == 0
+    assert json.loads(Image.open(out).text["clipguide"])["edit_start"] == "noise"
+    assert main(args[:-4] + ["--generator", "fourier", "--edit-start", "noise"]) == 2
+    assert "--edit-start only applies to --generator diffusion" in capsys.readouterr().err
+    assert main(["eval", "guided", "--generator", "diffusion", "--edit-start", "noise"]) == 2
+    assert "--edit-start is for 'eval edits'" in capsys.readouterr().err
 
 
 class _PerPicture:

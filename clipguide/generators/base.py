@@ -76,6 +76,20 @@ def check_init(init: torch.Tensor, size: tuple[int, int] | None = None, batch: i
     return x.contiguous()
 
 
+def check_region(region: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """An edit's region (H, W), (1|B, H, W) or (1|B, 1, H, W) in [0, 1] (1: may change), as
+    (1|B, 1, H, W) floats resized to `size`."""
+    r = torch.as_tensor(region).float()
+    r = r[None, None] if r.dim() == 2 else r[:, None] if r.dim() == 3 else r
+    if r.dim() != 4 or r.shape[1] != 1:
+        raise InputError(f"a region must be (H, W), (B, H, W) or (B, 1, H, W), got {tuple(region.shape)}")
+    if not torch.isfinite(r).all() or r.min() < 0 or r.max() > 1:
+        raise InputError("region values must be in [0, 1] (1: may change)")
+    if tuple(r.shape[-2:]) != tuple(size):
+        r = nn.functional.interpolate(r, size=size, mode="bilinear", align_corners=False)
+    return r
+
+
 # the search draws its random starts from seed + this, apart from the steering's own draws
 SEARCH_SEED_OFFSET = 7919
 
@@ -116,9 +130,15 @@ class Generator(nn.Module):
             start.copy_(latent.expand_as(start).to(start))
 
     # --- search: the guide chooses the start among random ones ------------------------------------
-    def condition(self, prompt: str | None) -> None:
-        """Draw `prompt` (None: unconditionally). Only text-conditional networks (a diffusion UNet
-        that reads text embeddings) take it; every other generator draws the same either way."""
+    def condition(self, prompt: str | None, source: str | None = None) -> None:
+        """Draw `prompt` (None: unconditionally); `source` says what an init image shows. Only
+        text-conditional networks (a diffusion UNet that reads text embeddings) take them; every
+        other generator draws the same either way."""
+
+    def restrict(self, region: torch.Tensor | None) -> None:
+        """Only `region` ((1|B, 1, H, W) in [0, 1], 1: may change; None: all) of the init image is
+        to change. Samplers that draw step by step (diffusion) hold the rest to the image's own
+        path; the others leave it to the edit's loss, which sees the region composited."""
 
     def set_proposer(self, proposer: Callable[[int, torch.Generator], torch.Tensor] | None) -> None:
         """Let a search draw its other starts from `proposer(n, generator)` (n latents shaped like rows

@@ -36,16 +36,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError, InputError
-from .base import Generator, check_init, freeze, from_unit, per_image_loss, reported_losses, to_unit
+from .base import Generator, check_init, check_region, freeze, from_unit, per_image_loss, reported_losses, to_unit
 
 # Component classes this module knows how to drive (anything else in a pipeline is refused by name).
 _UNETS = ("UNet2DModel", "UNet2DConditionModel")
 _AUTOENCODERS = ("AutoencoderKL", "VQModel")
 _SCHEDULERS = ("DDPMScheduler", "DDIMScheduler")
 GUIDANCE_SPACES = ("clean", "noise")
+EDIT_STARTS = ("inversion", "noise")
 
 
 def _diffusers():
@@ -305,17 +307,34 @@ def ddim_sample(model: DiffusionModel, x: torch.Tensor, steps: int, start_index:
 
 
 @torch.no_grad()
-def ddim_invert(model: DiffusionModel, x0: torch.Tensor, steps: int) -> torch.Tensor:
-    """DDIM run backwards: the noise x_T that deterministic DDIM sampling maps (approximately) back to
-    the clean sample x0. Each step reuses the noise predicted at the less noisy level."""
-    sched = model.ddim(steps)
-    x = x0
-    for t in reversed(sched.timesteps):
-        ab, ab_prev = _alpha_bar(sched, t), _prev_alpha_bar(sched, t, steps)
-        eps, _ = model.split(model.predict(x, t), x, ab)
+def invert_path(model: DiffusionModel, x0: torch.Tensor, timesteps, final_alpha_bar) -> list[torch.Tensor]:
+    """DDIM run backwards along a sampler's descending `timesteps`: the latents the sampler would
+    meet at each of them (path[i] at timesteps[i]) on its way to the clean sample x0, so that
+    deterministic DDIM from path[0] gives x0 back (approximately). Each step reuses the noise
+    predicted at the less noisy level; `final_alpha_bar` is the level after the last timestep."""
+    path, x = [], x0
+    for i in reversed(range(len(timesteps))):
+        ab = _alpha_bar(model.scheduler, timesteps[i])
+        ab_prev = _alpha_bar(model.scheduler, timesteps[i + 1]) if i + 1 < len(timesteps) else \
+            torch.as_tensor(final_alpha_bar).float()
+        eps, _ = model.split(model.predict(x, timesteps[i]), x, ab)
         clean = (x - (1 - ab_prev).sqrt() * eps) / ab_prev.sqrt()
         x = ab.sqrt() * clean + (1 - ab).sqrt() * eps
-    return x
+        path.append(x)
+    return path[::-1]
+
+
+def _final_alpha_bar(sched) -> torch.Tensor:
+    """The noise level a scheduler's last step lands on (1: clean, unless the schedule says otherwise)."""
+    final = getattr(sched, "final_alpha_cumprod", None)
+    return torch.ones(()) if final is None else torch.as_tensor(final).float()
+
+
+def ddim_invert(model: DiffusionModel, x0: torch.Tensor, steps: int) -> torch.Tensor:
+    """The noise x_T that deterministic DDIM sampling with `steps` steps maps (approximately) back to
+    the clean sample x0."""
+    sched = model.ddim(steps)
+    return invert_path(model, x0, sched.timesteps, _final_alpha_bar(sched))[0]
 
 
 class DiffusionLatent(Generator):
@@ -323,7 +342,13 @@ class DiffusionLatent(Generator):
     deterministically with DDIM (`sample_steps`), and run() does CLIP-guided sampling from it.
     `init=` images start from their DDIM inversion, so forward() gives them back. A text-conditional
     UNet draws what condition(prompt) last gave it (unconditionally before), with classifier-free
-    guidance at `cfg_scale` (None: the model's own setting)."""
+    guidance at `cfg_scale` (None: the model's own setting).
+
+    Edits (run() with an init image) start from the image's latent taken back to the first sampled
+    step (`edit_start`): by DDIM inversion, under the source text condition() was given (what the
+    image shows) when the UNet reads text, or by noising it (SDEdit). With restrict(region), the
+    part outside the region follows the image's own path down (its inversion, or the image noised
+    with the same noise) at every step, so the sampler draws the region to fit around it."""
 
     family = "diffusion"
 
@@ -352,9 +377,17 @@ class DiffusionLatent(Generator):
             start = torch.randn(batch, model.channels, h // f, w // f, generator=generator)
         self.latent = nn.Parameter(start.contiguous())
         self.register_buffer("start", start.detach().clone(), persistent=False)
+        self.inverter, self.region = model.conditioned(None), None
 
-    def condition(self, prompt: str | None) -> None:
+    def condition(self, prompt: str | None, source: str | None = None) -> None:
         self.model = self.model.conditioned(prompt)
+        # the image is inverted under what it shows, without classifier-free guidance
+        self.inverter = dataclasses.replace(self.model.conditioned(source), cfg_scale=1.0)
+
+    def restrict(self, region: torch.Tensor | None) -> None:
+        if region is not None:
+            region = check_region(region, self.size)
+        self.region = region
 
     def forward(self) -> torch.Tensor:
         return self.model.decode(ddim_sample(self.model, self.latent, self.sample_steps))
@@ -363,10 +396,11 @@ class DiffusionLatent(Generator):
             seed: int = 0, guidance_scale: float = 0.15, strength: float = 1.0, scheduler: str = "ddim",
             guidance_space: str = "clean", guidance_stop: float = 1.0, recurrence: int = 1, search: int = 1,
             callback: Callable | None = None, frame_every: int = 0, progress: bool = True,
-            settings: dict | None = None, regularisers=(), latent_weight: float = 0.0, **unused) -> Any:
-        """CLIP-guided sampling with `steps` denoising steps (default: sample_steps). strength < 1 with
-        an init image: SDEdit (the image noised to that fraction of the schedule, then denoised); with
-        strength 1 and an init image, sampling starts from the image's DDIM inversion. `search` > 1
+            settings: dict | None = None, regularisers=(), latent_weight: float = 0.0, edit_start: str = "inversion",
+            **unused) -> Any:
+        """CLIP-guided sampling with `steps` denoising steps (default: sample_steps). With an init
+        image, an edit: sampling starts `strength` of the way up the schedule from the image, its
+        latent taken there by `edit_start` ("inversion": DDIM inversion, "noise": SDEdit). `search` > 1
         samples that many pictures side by side for each one asked and lets the loss resample them
         (see guided_sample). Regularisers (functions of the images, weighted) join the guidance
         loss; lr and latent_weight do not apply to sampling and are ignored."""
@@ -377,7 +411,8 @@ class DiffusionLatent(Generator):
                              guidance_scale=guidance_scale, seed=seed, strength=strength, scheduler=scheduler,
                              guidance_space=guidance_space, guidance_stop=guidance_stop, recurrence=recurrence,
                              search=search, init_images=self.init_images, callback=callback, frame_every=frame_every,
-                             progress=progress, settings=settings, regularisers=regularisers)
+                             progress=progress, settings=settings, regularisers=regularisers, edit_start=edit_start,
+                             inverter=self.inverter, region=self.region)
 
 
 def _particle_losses(loss_fn: Callable[..., torch.Tensor], n: int) -> torch.Tensor:
@@ -426,8 +461,16 @@ def guided_sample(model: DiffusionModel, loss_fn: Callable[..., torch.Tensor], n
                   guidance_scale: float = 0.15, seed: int = 0, strength: float = 1.0, scheduler: str = "ddim",
                   guidance_space: str = "clean", guidance_stop: float = 1.0, recurrence: int = 1, search: int = 1,
                   init_images: torch.Tensor | None = None, callback: Callable | None = None, frame_every: int = 0,
-                  progress: bool = True, settings: dict | None = None, regularisers=()):
+                  progress: bool = True, settings: dict | None = None, regularisers=(), edit_start: str = "inversion",
+                  inverter: DiffusionModel | None = None, region: torch.Tensor | None = None):
     """The guided denoising loop behind DiffusionLatent.run (returns a SteerResult).
+
+    With `init_images` it is an edit: the images' latents are taken `strength` of the way up the
+    schedule, by DDIM inversion with `inverter` (the model as it should read the image; default
+    `model` unconditioned) or by noising them (`edit_start` "noise"), and `noise` is not used.
+    `region` (1|B, 1, H, W) in [0, 1], pixels: outside it the sample is replaced at every step by
+    the images' own latent at that step (the inversion path, or the images noised with one fixed
+    noise), so only the region is drawn anew.
 
     `search` = K > 1 runs K samples (particles) for each picture: the seeded noise and K - 1 fresh
     draws (not for an edit, which starts from its image). After every guided step the loss of each
@@ -449,6 +492,11 @@ def guided_sample(model: DiffusionModel, loss_fn: Callable[..., torch.Tensor], n
         raise InputError(f"recurrence must be an integer >= 1, got {recurrence!r}")
     if isinstance(search, bool) or not isinstance(search, int) or search < 1:
         raise InputError(f"search (how many samples the guide chooses among) must be an integer >= 1, got {search!r}")
+    if edit_start not in EDIT_STARTS:
+        raise InputError(f"edit_start {edit_start!r} is not one of {EDIT_STARTS} (how an edit takes its image up the "
+                         "schedule: DDIM inversion, or SDEdit's noise)")
+    if region is not None and init_images is None:
+        raise InputError("a region limits an edit: it needs init images to keep outside it")
     d = _diffusers()
     kinds = {"ddim": d.DDIMScheduler, "ddpm": d.DDPMScheduler}
     if scheduler not in kinds:
@@ -465,17 +513,27 @@ def guided_sample(model: DiffusionModel, loss_fn: Callable[..., torch.Tensor], n
                              "(search=1 keeps it)")
         drawn = torch.randn((pictures, k - 1, *noise.shape[1:]), generator=rng).to(noise)
         x = torch.cat([noise[:, None], drawn], dim=1).flatten(0, 1)
-    if init_images is not None and strength < 1:
+    path, keep = None, None
+    if init_images is not None:
         first = min(int(round(steps * (1 - strength))), steps - 1)
         timesteps = timesteps[first:]
-        clean = model.encode(init_images.to(noise.device)).detach()
-        fresh = torch.randn(clean.shape, generator=rng).to(clean)
-        x = sched.add_noise(clean, fresh, timesteps[:1])
+        with torch.no_grad():
+            clean = model.encode(init_images.to(noise.device)).detach()
+        if edit_start == "inversion":
+            path = invert_path(inverter if inverter is not None else model.conditioned(None), clean, timesteps,
+                               _final_alpha_bar(sched))
+        else:
+            fresh = torch.randn(clean.shape, generator=rng).to(clean)
+            path = [sched.add_noise(clean, fresh, t.reshape(1)) for t in timesteps]
+        x = path[0]
+        if region is not None:                  # latent cells any of whose pixels may change
+            keep = 1 - F.adaptive_max_pool2d(region.to(clean), tuple(clean.shape[-2:]))
     # copies made by resampling must part again: a stochastic sampler
     step_options = {"eta": 1.0, "generator": rng} if k > 1 and scheduler == "ddim" else \
         {"generator": rng} if scheduler == "ddpm" else {}
     settings = {"sampler": scheduler, "steps": steps, "guidance_scale": guidance_scale, "seed": seed,
-                "strength": strength, "guidance_space": guidance_space, "guidance_stop": guidance_stop,
+                "strength": strength, **({"edit_start": edit_start, "region": region is not None}
+                                         if init_images is not None else {}), "guidance_space": guidance_space, "guidance_stop": guidance_stop,
                 "recurrence": recurrence, **({"search": k} if k > 1 else {}), **(settings or {})}
     guided_steps = int(round(guidance_stop * len(timesteps)))
     provenance = _provenance(loss_fn, model.unet, settings)
@@ -489,6 +547,8 @@ def guided_sample(model: DiffusionModel, loss_fn: Callable[..., torch.Tensor], n
     try:
         for i, t in enumerate(timesteps):
             ab = _alpha_bar(sched, t)
+            if keep is not None:
+                x = keep * path[i] + (1 - keep) * x
             scale = guidance_scale if i < guided_steps else 0.0
             for r in range(recurrence if scale > 0 else 1):
                 if r:                                 # back to this step's noise level, fresh noise
@@ -533,6 +593,8 @@ def guided_sample(model: DiffusionModel, loss_fn: Callable[..., torch.Tensor], n
                 bar.update(1)
                 bar.set_postfix(loss=f"{value:.4f}")
         else:
+            if keep is not None:
+                x = keep * clean + (1 - keep) * x
             with torch.no_grad():
                 shown = model.decode(x).detach()
             finished = True

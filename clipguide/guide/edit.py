@@ -122,9 +122,11 @@ def edit_image(model, image: torch.Tensor, prompt, *, source: str | None = None,
     options = dict(generator_options or {})
     gen = build_generator(generator, size=hw, seed=seed, init=target,
                           network=network, **options)
-    gen.condition(prompt if isinstance(prompt, str) else None)   # a text-conditional network draws the target
     if source is not None and not source.strip():
         raise InputError("source text is empty: describe what the image shows now, or leave it out")
+    # a text-conditional network draws the target, reading the image as the source
+    gen.condition(prompt if isinstance(prompt, str) else None, source)
+    gen.restrict(region)
     clip_size = model.config.vision.image_size
     kind = "directional" if source else "spherical"
     loss = CLIPLoss(model, prompt, loss=kind, source_text=source, source_image=target if source else None,
