@@ -297,7 +297,7 @@ def _eval_edits(args) -> int:
     print(json.dumps({"task": "edits", "guide": args.model, "judge": args.judge, "generator": args.generator,
                       "steps": args.steps, "preserve": edit_preserve(args.generator, args.preserve),
                       "outside": args.outside, **({"prior": args.prior} if args.prior else {}), **_cfg_flag(args),
-                      **({"strength": args.strength, "edit_start": args.edit_start or "inversion"}
+                      **({"strength": _edit_strength(args), "edit_start": args.edit_start or "inversion"}
                          if args.generator == "diffusion" else {}),
                       **report.summary()}),
           flush=True)
@@ -383,6 +383,13 @@ def _generator_options(args) -> dict:
     if args.generator == "diffusion":
         options.update(sample_steps=args.steps, **_cfg_flag(args))      # --cfg-scale: checked by _run_options
     return options
+
+
+def _edit_strength(args) -> float:
+    """--strength as the diffusion sampler takes it (its default depends on --edit-start)."""
+    from clipguide.generators.diffusion import EDIT_STRENGTH
+
+    return args.strength if args.strength is not None else EDIT_STRENGTH[args.edit_start or "inversion"]
 
 
 def _cfg_flag(args) -> dict:
@@ -481,8 +488,8 @@ def _add_generator_args(p: argparse.ArgumentParser, default: str = "fourier", ed
 
 
 def _add_strength(p: argparse.ArgumentParser, where: str) -> None:
-    p.add_argument("--strength", type=float, default=0.6, help=f"{where}: how far the image is re-noised (0-1, "
-                   "default 0.6)")
+    p.add_argument("--strength", type=float, default=None, help=f"{where}: how far up the schedule the image is "
+                   "taken (0-1; default 1 with --edit-start inversion, 0.6 with noise)")
     p.add_argument("--edit-start", choices=["inversion", "noise"], default=None,
                    help=f"{where}: how the image is taken that far: 'inversion' (DDIM inversion, under --source "
                    "where the network reads text; the default) or 'noise' (SDEdit)")

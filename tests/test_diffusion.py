@@ -435,13 +435,17 @@ def test_an_edit_inverts_the_image_under_its_source_text(text_dir, tmp_path, cap
                      mask=region, steps=3, cutouts=2, progress=False, size=16)
     torch.testing.assert_close(res.images[0][:, 8:], init[0][:, 8:], atol=1e-5, rtol=0)
     assert res.provenance["region"] is True and res.provenance["edit_start"] == "inversion"
+    assert res.provenance["strength"] == 1.0               # an inversion goes all the way up by default
     png = tmp_path / "in.png"
     Image.fromarray((init[0].permute(1, 2, 0) * 255).round().byte().numpy()).save(png)
     out = tmp_path / "out.png"
     args = ["edit", "--image", str(png), "--prompt", "a red star", "--source", "a blue circle", "--out", str(out),
             "--steps", "2", "--cutouts", "2", "--generator", "diffusion", "--generator-model", str(text_dir)]
     assert main(args + ["--edit-start", "noise"]) == 0
-    assert json.loads(Image.open(out).text["clipguide"])["edit_start"] == "noise"
+    noised = json.loads(Image.open(out).text["clipguide"])
+    assert noised["edit_start"] == "noise" and noised["strength"] == 0.6      # SDEdit stops part-way by default
+    assert main(args + ["--strength", "0.3"]) == 0
+    assert json.loads(Image.open(out).text["clipguide"])["strength"] == 0.3
     assert main(args[:-4] + ["--generator", "fourier", "--edit-start", "noise"]) == 2
     assert "--edit-start only applies to --generator diffusion" in capsys.readouterr().err
     assert main(["eval", "guided", "--generator", "diffusion", "--edit-start", "noise"]) == 2

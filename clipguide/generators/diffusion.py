@@ -48,6 +48,7 @@ _AUTOENCODERS = ("AutoencoderKL", "VQModel")
 _SCHEDULERS = ("DDPMScheduler", "DDIMScheduler")
 GUIDANCE_SPACES = ("clean", "noise")
 EDIT_STARTS = ("inversion", "noise")
+EDIT_STRENGTH = {"inversion": 1.0, "noise": 0.6}        # an edit's default strength for each start
 
 
 def _diffusers():
@@ -393,20 +394,24 @@ class DiffusionLatent(Generator):
         return self.model.decode(ddim_sample(self.model, self.latent, self.sample_steps))
 
     def run(self, loss_fn: Callable[..., torch.Tensor], steps: int | None = None, lr: float | None = None, *,
-            seed: int = 0, guidance_scale: float = 0.15, strength: float = 1.0, scheduler: str = "ddim",
+            seed: int = 0, guidance_scale: float = 0.15, strength: float | None = None, scheduler: str = "ddim",
             guidance_space: str = "clean", guidance_stop: float = 1.0, recurrence: int = 1, search: int = 1,
             callback: Callable | None = None, frame_every: int = 0, progress: bool = True,
             settings: dict | None = None, regularisers=(), latent_weight: float = 0.0, edit_start: str = "inversion",
             **unused) -> Any:
         """CLIP-guided sampling with `steps` denoising steps (default: sample_steps). With an init
         image, an edit: sampling starts `strength` of the way up the schedule from the image, its
-        latent taken there by `edit_start` ("inversion": DDIM inversion, "noise": SDEdit). `search` > 1
+        latent taken there by `edit_start` ("inversion": DDIM inversion, "noise": SDEdit); the default
+        strength is EDIT_STRENGTH[edit_start] (an inversion keeps the picture by itself, so it goes all
+        the way up; noise wipes it, so SDEdit stops part-way). `search` > 1
         samples that many pictures side by side for each one asked and lets the loss resample them
         (see guided_sample). Regularisers (functions of the images, weighted) join the guidance
         loss; lr and latent_weight do not apply to sampling and are ignored."""
         if self.model.text_conditional:             # the provenance says what the UNet drew
             settings = {**(settings or {}), "cfg_scale": self.model.cfg_scale,
                         "text_conditioned": self.model.label is not None}
+        if strength is None:
+            strength = EDIT_STRENGTH.get(edit_start, 1.0) if self.init_images is not None else 1.0
         return guided_sample(self.model, loss_fn, self.latent.detach(), self.sample_steps if steps is None else steps,
                              guidance_scale=guidance_scale, seed=seed, strength=strength, scheduler=scheduler,
                              guidance_space=guidance_space, guidance_stop=guidance_stop, recurrence=recurrence,

@@ -78,12 +78,12 @@ def _redraw_from_prior(gen, prior, model, prompt, source: str | None, region: to
 def edit_image(model, image: torch.Tensor, prompt, *, source: str | None = None, generator: str = "fourier",
                mask: torch.Tensor | None = None, preserve: float | None = None, outside: float = 10.0,
                latent_weight: float = 0.0, steps: int = 100, lr: float = 0.05, cutouts: int = 16, seed: int = 0,
-               size: int | None = None, strength: float = 0.6, network=None, generator_model=None,
+               size: int | None = None, strength: float | None = None, network=None, generator_model=None,
                generator_options: dict | None = None, progress: bool = True, frame_every: int = 0, callback=None,
                callback_every: int = 1, run_options: dict | None = None, prior=None):
     """Edit `image` (1, 3, H, W) in [0, 1] toward `prompt` with guide `model`. With `source` (what the
-    image shows now) the loss is directional. `strength` is how far a diffusion edit re-noises the
-    image (0-1). `callback(StepInfo)` runs every `callback_every` steps; `run_options` go to the
+    image shows now) the loss is directional. `strength` is how far up its schedule a diffusion edit
+    takes the image (0-1; default: all the way for DDIM inversion, 0.6 for SDEdit's noise). `callback(StepInfo)` runs every `callback_every` steps; `run_options` go to the
     generator's run() (diffusion: guidance_scale). `prior`: a token prior (generators.prior) first
     redraws part of the image's codes for the prompt (those under the mask, or without one those it
     finds unlikely for the prompt against the source text), and guidance goes on from there.
