@@ -489,10 +489,10 @@ def _add_generator_args(p: argparse.ArgumentParser, default: str = "fourier", ed
 
 def _add_strength(p: argparse.ArgumentParser, where: str) -> None:
     p.add_argument("--strength", type=float, default=None, help=f"{where}: how far up the schedule the image is "
-                   "taken (0-1; default 1 with --edit-start inversion, 0.6 with noise)")
+                   "taken (in (0, 1]; default 1 with --edit-start inversion, 0.6 with noise)")
     p.add_argument("--edit-start", choices=["inversion", "noise"], default=None,
                    help=f"{where}: how the image is taken that far: 'inversion' (DDIM inversion, under --source "
-                   "where the network reads text; the default) or 'noise' (SDEdit)")
+                   "where the UNet reads CLIP text embeddings; the default) or 'noise' (SDEdit)")
 
 
 def _add_outside(p: argparse.ArgumentParser) -> None:

@@ -174,23 +174,73 @@ def test_a_region_keeps_the_rest_of_the_image_on_its_own_path(pixel_model):
     inside = region.bool()
     for start in ("inversion", "noise"):
         gen = DiffusionLatent(pixel_model, size=16, init=init, sample_steps=6)
-        free = gen.run(_redness, strength=0.8, guidance_scale=1.0, progress=False, edit_start=start).images
+        run = lambda: gen.run(_redness, strength=0.8, guidance_scale=1.0, progress=False, edit_start=start)  # noqa: E731
+        free = run().images
         gen.restrict(region)
-        held = gen.run(_redness, strength=0.8, guidance_scale=1.0, progress=False, edit_start=start)
+        held = run()
         out = held.images[0]
         assert held.provenance["region"] is True and held.provenance["edit_start"] == start
         torch.testing.assert_close(out[:, ~inside], init[0][:, ~inside], atol=1e-5, rtol=0)   # the image, exactly
         assert (free[0][:, ~inside] - init[0][:, ~inside]).abs().mean() > 1e-3                 # which it was not
         assert (out[:, inside] - init[0][:, inside]).abs().mean() > 1e-3                       # the region is redrawn
+        # ... around what stays at every step, not cut out of the free picture at the end
+        assert (out[:, inside] - free[0][:, inside]).abs().mean() > 1e-4
         gen.restrict(None)
-        torch.testing.assert_close(gen.run(_redness, strength=0.8, guidance_scale=1.0, progress=False,
-                                           edit_start=start).images, free)
-    with pytest.raises(InputError, match="region"):
-        gen.restrict(torch.full((16, 16), 2.0))
-    blank = DiffusionLatent(pixel_model, size=16, sample_steps=4)
-    blank.restrict(region)
-    with pytest.raises(InputError, match="init"):
-        blank.run(_redness, progress=False)
+        torch.testing.assert_close(run().images, free)
+    gen = DiffusionLatent(pixel_model, size=16, init=init, sample_steps=6)
+    gen.restrict(region * 0.5)                               # a soft region: held only where it is 0
+    soft = gen.run(_redness, strength=0.8, guidance_scale=1.0, progress=False).images[0]
+    torch.testing.assert_close(soft[:, ~inside], init[0][:, ~inside], atol=1e-5, rtol=0)
+    assert (soft[:, inside] - init[0][:, inside]).abs().mean() > 1e-3
+
+    def stop_at_two(info):
+        if info.step == 1:
+            raise KeyboardInterrupt
+    stopped = gen.run(_redness, strength=0.8, guidance_scale=1.0, progress=False, callback=stop_at_two)
+    assert stopped.stopped and stopped.steps == 2
+    torch.testing.assert_close(stopped.images[0][:, ~inside], init[0][:, ~inside], atol=1e-5, rtol=0)
+    for bad, match in [(torch.full((16, 16), 2.0), "values must be in"), (torch.ones(3, 1, 16, 16), "the batch"),
+                       (torch.ones(2, 16, 16), "got \\(2, 16, 16\\)")]:
+        with pytest.raises(InputError, match=match):
+            gen.restrict(bad)
+    pair = DiffusionLatent(pixel_model, size=16, init=init, batch=2, sample_steps=4)
+    pair.restrict(torch.stack([region, 1 - region])[:, None])                # one region per picture
+    both = pair.run(_redness, strength=0.8, guidance_scale=1.0, progress=False).images
+    torch.testing.assert_close(both[0][:, ~inside], init[0][:, ~inside], atol=1e-5, rtol=0)
+    torch.testing.assert_close(both[1][:, inside], init[0][:, inside], atol=1e-5, rtol=0)
+    with pytest.raises(InputError, match="init="):
+        DiffusionLatent(pixel_model, size=16, sample_steps=4).restrict(region)
+
+
+def test_a_ddpm_edit_starts_from_noise_and_ddim_from_the_inversion(pixel_model):
+    init = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    gen = DiffusionLatent(pixel_model, size=16, init=init, sample_steps=4)
+    ddpm = gen.run(_redness, scheduler="ddpm", guidance_scale=0.0, progress=False).provenance
+    ddim = gen.run(_redness, guidance_scale=0.0, progress=False).provenance
+    assert (ddpm["edit_start"], ddpm["strength"]) == ("noise", 0.6)
+    assert (ddim["edit_start"], ddim["strength"]) == ("inversion", 1.0)
+    assert "edit_start" not in DiffusionLatent(pixel_model, size=16, sample_steps=4).run(
+        _redness, guidance_scale=0.0, progress=False).provenance
+
+
+def test_a_region_on_a_latent_pipeline_holds_the_latent_cells_it_does_not_touch(latent_dir):
+    model = load_diffusion(latent_dir)
+    init = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    region = torch.zeros(32, 32)
+    region[:, :15] = 1                                  # touches latent columns 0-7 (2 pixels a cell)
+    gen = DiffusionLatent(model, size=32, init=init, sample_steps=3)
+    decoded, decode = [], gen.model.decode
+    gen.model.decode = lambda x0: (decoded.append(x0.detach()), decode(x0))[1]   # the latents the sampler decodes
+    with torch.no_grad():
+        own = model.encode(init)
+    gen.run(_redness, guidance_scale=1.0, progress=False)
+    free = decoded[-1]
+    gen.restrict(region)
+    gen.run(_redness, guidance_scale=1.0, progress=False)
+    held = decoded[-1]
+    torch.testing.assert_close(held[..., 8:], own[..., 8:])                    # the image's own latent
+    assert (free[..., 8:] - own[..., 8:]).abs().mean() > 1e-2                  # which the free sample is not
+    assert (held[..., :8] - own[..., :8]).abs().mean() > 1e-2                  # the region is redrawn
 
 
 def test_ddim_inversion_round_trip_improves_with_steps(pixel_model):

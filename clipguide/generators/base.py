@@ -76,15 +76,18 @@ def check_init(init: torch.Tensor, size: tuple[int, int] | None = None, batch: i
     return x.contiguous()
 
 
-def check_region(region: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """An edit's region (H, W), (1|B, H, W) or (1|B, 1, H, W) in [0, 1] (1: may change), as
-    (1|B, 1, H, W) floats resized to `size`."""
+def check_region(region, size: tuple[int, int], batch: int = 1) -> torch.Tensor:
+    """An edit's region (H, W), (1, H, W) or (1|batch, 1, H, W) in [0, 1] (1: may change), as
+    (1|batch, 1, H, W) floats resized to `size`."""
     r = torch.as_tensor(region).float()
-    r = r[None, None] if r.dim() == 2 else r[:, None] if r.dim() == 3 else r
-    if r.dim() != 4 or r.shape[1] != 1:
-        raise InputError(f"a region must be (H, W), (B, H, W) or (B, 1, H, W), got {tuple(region.shape)}")
+    shape = tuple(r.shape)
+    r = r[None, None] if r.dim() == 2 else r[None] if r.dim() == 3 and r.shape[0] == 1 else r
+    if r.dim() != 4 or r.shape[1] != 1 or r.shape[0] not in (1, batch):
+        raise InputError(f"a region must be (H, W), (1, H, W) or (B, 1, H, W) with B 1 or the batch ({batch}), "
+                         f"got {shape}")
     if not torch.isfinite(r).all() or r.min() < 0 or r.max() > 1:
-        raise InputError("region values must be in [0, 1] (1: may change)")
+        raise InputError(f"region values must be in [0, 1] (1: may change), got {float(r.min()):g} to "
+                         f"{float(r.max()):g} (a 0-255 mask: divide it by 255)")
     if tuple(r.shape[-2:]) != tuple(size):
         r = nn.functional.interpolate(r, size=size, mode="bilinear", align_corners=False)
     return r
@@ -132,8 +135,8 @@ class Generator(nn.Module):
     # --- search: the guide chooses the start among random ones ------------------------------------
     def condition(self, prompt: str | None, source: str | None = None) -> None:
         """Draw `prompt` (None: unconditionally); `source` says what an init image shows. Only
-        text-conditional networks (a diffusion UNet that reads text embeddings) take them; every
-        other generator draws the same either way."""
+        text-conditional networks (a diffusion UNet2DModel that reads CLIP text embeddings as its
+        class label) take them; every other generator draws the same either way."""
 
     def restrict(self, region: torch.Tensor | None) -> None:
         """Only `region` ((1|B, 1, H, W) in [0, 1], 1: may change; None: all) of the init image is
@@ -191,13 +194,13 @@ class Generator(nn.Module):
         return torch.stack(chosen)
 
     def run(self, loss_fn: Callable[..., torch.Tensor], steps: int = 100, lr: float = 0.05, *, seed: int = 0,
-            latent_weight: float = 0.0, strength: float = 1.0, search: int = 1, settings: dict | None = None,
+            latent_weight: float = 0.0, strength: float | None = None, search: int = 1, settings: dict | None = None,
             **kwargs):
         """Guided generation: optimise the latent with :func:`clipguide.steer` (see its options).
         `search` > 1 first lets the loss choose each picture's start among that many (the current
         latent, which is the seeded start on a fresh generator, and random others; choose_start()). `latent_weight` > 0 adds that multiple of latent_l2() to
-        the loss (keeps an edit close). `strength` is for samplers (how far an edit re-noises its
-        image); optimisation starts from the image itself and does not use it."""
+        the loss (keeps an edit close). `strength` is for samplers (how far up its schedule an edit
+        takes its image); optimisation starts from the image itself and does not use it."""
         from ..guide.steer import steer
 
         if search != 1:

@@ -14,8 +14,12 @@ the noise level: the same order all through the schedule early on, fading as the
 "noise" moves it by scale * (1 - alpha_bar) / sqrt(alpha_bar), very large at the noisiest steps.
 `guidance_stop` (a fraction of the steps) ends guidance early, leaving the last steps to the model;
 `recurrence` k > 1 repeats each guided step k times, re-noising the result back to the current level
-in between (time travel), so the model can reconcile the guided prediction with its own. Edits start from an image: noised part-way (SDEdit, `strength` in (0, 1])
-or inverted deterministically with DDIM, then denoised with guidance.
+in between (time travel), so the model can reconcile the guided prediction with its own.
+
+Edits start from an image taken `strength` of the way up the schedule, by DDIM inversion (the
+default with DDIM sampling; all the way up unless told otherwise; a text-conditional UNet reads the
+image as its source text) or by noising it (SDEdit, 0.6 of the way unless told otherwise), then
+denoised with guidance; outside an edit's region the image's own path is kept at every step.
 
 A `UNet2DModel` with `class_embed_type="identity"` is text-conditional: its class label is a CLIP
 model's text embedding (the model its clipguide.json names), so it draws the prompt it is given
@@ -287,9 +291,15 @@ def _alpha_bar(sched, t) -> torch.Tensor:
     return sched.alphas_cumprod[int(t)].float()
 
 
-def _prev_alpha_bar(sched, t, steps: int) -> torch.Tensor:
-    prev = int(t) - sched.config.num_train_timesteps // steps
-    return sched.alphas_cumprod[prev].float() if prev >= 0 else torch.as_tensor(sched.final_alpha_cumprod).float()
+def _level_after(sched, t) -> torch.Tensor:
+    """alpha_bar of the level the scheduler's step from timestep t lands on (its own rule: DDIM steps
+    back by T // steps, DDPM to the next of its timesteps; past the start, the schedule's end)."""
+    if hasattr(sched, "previous_timestep"):
+        prev, end = int(sched.previous_timestep(t)), torch.ones(())
+    else:
+        prev = int(t) - sched.config.num_train_timesteps // sched.num_inference_steps
+        end = torch.as_tensor(sched.final_alpha_cumprod)
+    return (sched.alphas_cumprod[prev] if prev >= 0 else end).float()
 
 
 def ddim_sample(model: DiffusionModel, x: torch.Tensor, steps: int, start_index: int = 0) -> torch.Tensor:
@@ -299,7 +309,7 @@ def ddim_sample(model: DiffusionModel, x: torch.Tensor, steps: int, start_index:
     sched = model.ddim(steps)
     clip = float(sched.config.get("clip_sample_range", 1.0)) if sched.config.get("clip_sample", False) else None
     for t in sched.timesteps[start_index:]:
-        ab, ab_prev = _alpha_bar(sched, t), _prev_alpha_bar(sched, t, steps)
+        ab, ab_prev = _alpha_bar(sched, t), _level_after(sched, t)
         eps, x0 = model.split(model.predict(x, t), x, ab)
         if clip is not None:
             x0 = x0.clamp(-clip, clip)
@@ -308,34 +318,26 @@ def ddim_sample(model: DiffusionModel, x: torch.Tensor, steps: int, start_index:
 
 
 @torch.no_grad()
-def invert_path(model: DiffusionModel, x0: torch.Tensor, timesteps, final_alpha_bar) -> list[torch.Tensor]:
-    """DDIM run backwards along a sampler's descending `timesteps`: the latents the sampler would
-    meet at each of them (path[i] at timesteps[i]) on its way to the clean sample x0, so that
-    deterministic DDIM from path[0] gives x0 back (approximately). Each step reuses the noise
-    predicted at the less noisy level; `final_alpha_bar` is the level after the last timestep."""
+def invert_path(model: DiffusionModel, x0: torch.Tensor, sched, timesteps) -> list[torch.Tensor]:
+    """DDIM run backwards along `timesteps` (descending; the scheduler `sched` steps between them):
+    the latents a sampler meets at each of them (path[i] at timesteps[i]) on its way to the clean
+    sample x0, so that deterministic DDIM from path[0] gives x0 back (approximately). Each step
+    reuses the noise predicted at the less noisy level."""
     path, x = [], x0
-    for i in reversed(range(len(timesteps))):
-        ab = _alpha_bar(model.scheduler, timesteps[i])
-        ab_prev = _alpha_bar(model.scheduler, timesteps[i + 1]) if i + 1 < len(timesteps) else \
-            torch.as_tensor(final_alpha_bar).float()
-        eps, _ = model.split(model.predict(x, timesteps[i]), x, ab)
+    for t in reversed(timesteps):
+        ab, ab_prev = _alpha_bar(sched, t), _level_after(sched, t)
+        eps, _ = model.split(model.predict(x, t), x, ab)
         clean = (x - (1 - ab_prev).sqrt() * eps) / ab_prev.sqrt()
         x = ab.sqrt() * clean + (1 - ab).sqrt() * eps
         path.append(x)
     return path[::-1]
 
 
-def _final_alpha_bar(sched) -> torch.Tensor:
-    """The noise level a scheduler's last step lands on (1: clean, unless the schedule says otherwise)."""
-    final = getattr(sched, "final_alpha_cumprod", None)
-    return torch.ones(()) if final is None else torch.as_tensor(final).float()
-
-
 def ddim_invert(model: DiffusionModel, x0: torch.Tensor, steps: int) -> torch.Tensor:
     """The noise x_T that deterministic DDIM sampling with `steps` steps maps (approximately) back to
     the clean sample x0."""
     sched = model.ddim(steps)
-    return invert_path(model, x0, sched.timesteps, _final_alpha_bar(sched))[0]
+    return invert_path(model, x0, sched, sched.timesteps)[0]
 
 
 class DiffusionLatent(Generator):
@@ -382,12 +384,16 @@ class DiffusionLatent(Generator):
 
     def condition(self, prompt: str | None, source: str | None = None) -> None:
         self.model = self.model.conditioned(prompt)
-        # the image is inverted under what it shows, without classifier-free guidance
+        # the image is inverted under what it shows, without classifier-free guidance (a UNet that
+        # reads no text label, e.g. one conditioned on encoder states at load, inverts as it samples)
         self.inverter = dataclasses.replace(self.model.conditioned(source), cfg_scale=1.0)
 
     def restrict(self, region: torch.Tensor | None) -> None:
         if region is not None:
-            region = check_region(region, self.size)
+            if self.init_images is None:
+                raise InputError("a region limits an edit: build the generator with init= (the image to edit), "
+                                 "or leave the region out")
+            region = check_region(region, self.size, self.latent.shape[0])
         self.region = region
 
     def forward(self) -> torch.Tensor:
@@ -397,21 +403,18 @@ class DiffusionLatent(Generator):
             seed: int = 0, guidance_scale: float = 0.15, strength: float | None = None, scheduler: str = "ddim",
             guidance_space: str = "clean", guidance_stop: float = 1.0, recurrence: int = 1, search: int = 1,
             callback: Callable | None = None, frame_every: int = 0, progress: bool = True,
-            settings: dict | None = None, regularisers=(), latent_weight: float = 0.0, edit_start: str = "inversion",
+            settings: dict | None = None, regularisers=(), latent_weight: float = 0.0, edit_start: str | None = None,
             **unused) -> Any:
         """CLIP-guided sampling with `steps` denoising steps (default: sample_steps). With an init
         image, an edit: sampling starts `strength` of the way up the schedule from the image, its
-        latent taken there by `edit_start` ("inversion": DDIM inversion, "noise": SDEdit); the default
-        strength is EDIT_STRENGTH[edit_start] (an inversion keeps the picture by itself, so it goes all
-        the way up; noise wipes it, so SDEdit stops part-way). `search` > 1
+        latent taken there by `edit_start` (see guided_sample: DDIM inversion, or SDEdit's noise, and
+        their default strengths). `search` > 1
         samples that many pictures side by side for each one asked and lets the loss resample them
         (see guided_sample). Regularisers (functions of the images, weighted) join the guidance
         loss; lr and latent_weight do not apply to sampling and are ignored."""
         if self.model.text_conditional:             # the provenance says what the UNet drew
             settings = {**(settings or {}), "cfg_scale": self.model.cfg_scale,
                         "text_conditioned": self.model.label is not None}
-        if strength is None:
-            strength = EDIT_STRENGTH.get(edit_start, 1.0) if self.init_images is not None else 1.0
         return guided_sample(self.model, loss_fn, self.latent.detach(), self.sample_steps if steps is None else steps,
                              guidance_scale=guidance_scale, seed=seed, strength=strength, scheduler=scheduler,
                              guidance_space=guidance_space, guidance_stop=guidance_stop, recurrence=recurrence,
@@ -463,19 +466,24 @@ def check_guidance(guidance_scale: float = 0.15, guidance_stop: float = 1.0) -> 
 
 
 def guided_sample(model: DiffusionModel, loss_fn: Callable[..., torch.Tensor], noise: torch.Tensor, steps: int, *,
-                  guidance_scale: float = 0.15, seed: int = 0, strength: float = 1.0, scheduler: str = "ddim",
+                  guidance_scale: float = 0.15, seed: int = 0, strength: float | None = None, scheduler: str = "ddim",
                   guidance_space: str = "clean", guidance_stop: float = 1.0, recurrence: int = 1, search: int = 1,
                   init_images: torch.Tensor | None = None, callback: Callable | None = None, frame_every: int = 0,
-                  progress: bool = True, settings: dict | None = None, regularisers=(), edit_start: str = "inversion",
+                  progress: bool = True, settings: dict | None = None, regularisers=(), edit_start: str | None = None,
                   inverter: DiffusionModel | None = None, region: torch.Tensor | None = None):
     """The guided denoising loop behind DiffusionLatent.run (returns a SteerResult).
 
-    With `init_images` it is an edit: the images' latents are taken `strength` of the way up the
-    schedule, by DDIM inversion with `inverter` (the model as it should read the image; default
-    `model` unconditioned) or by noising them (`edit_start` "noise"), and `noise` is not used.
-    `region` (1|B, 1, H, W) in [0, 1], pixels: outside it the sample is replaced at every step by
-    the images' own latent at that step (the inversion path, or the images noised with one fixed
-    noise), so only the region is drawn anew.
+    With `init_images` it is an edit, and `noise` is not used: the images' latents are taken
+    `strength` of the way up the schedule (`edit_start`) by DDIM inversion with `inverter` (the model
+    as it should read the image; default `model` unconditioned), or by noising them ("noise":
+    SDEdit). The default start is "inversion" for DDIM sampling and "noise" for DDPM (whose fresh
+    noise at every step does not retrace an inversion); the default strength EDIT_STRENGTH[start]
+    (1 without an image): an inversion keeps the picture by itself, so it goes all the way up, and
+    noise wipes it, so SDEdit stops part-way. `region` (1|B, 1, H, W) in [0, 1], pixels: the latent
+    cells it does not touch are replaced at every step by the images' own latent at that step (the
+    inversion path, or the images noised with one fixed noise), and end as the images' latents, so
+    the region is drawn to fit what stays (the region's soft edge is the caller's composite; a
+    latent pipeline's decoder gives the kept part back as its reconstruction).
 
     `search` = K > 1 runs K samples (particles) for each picture: the seeded noise and K - 1 fresh
     draws (not for an edit, which starts from its image). After every guided step the loss of each
@@ -488,8 +496,6 @@ def guided_sample(model: DiffusionModel, loss_fn: Callable[..., torch.Tensor], n
 
     if steps < 1:
         raise InputError(f"steps must be >= 1, got {steps}")
-    if not 0 < strength <= 1:
-        raise InputError(f"strength must be in (0, 1], got {strength}")
     check_guidance(guidance_scale, guidance_stop)
     if guidance_space not in GUIDANCE_SPACES:
         raise InputError(f"guidance_space {guidance_space!r} is not one of {GUIDANCE_SPACES}")
@@ -497,11 +503,18 @@ def guided_sample(model: DiffusionModel, loss_fn: Callable[..., torch.Tensor], n
         raise InputError(f"recurrence must be an integer >= 1, got {recurrence!r}")
     if isinstance(search, bool) or not isinstance(search, int) or search < 1:
         raise InputError(f"search (how many samples the guide chooses among) must be an integer >= 1, got {search!r}")
+    if edit_start is None:
+        edit_start = "noise" if scheduler == "ddpm" else "inversion"
+    if strength is None:
+        strength = EDIT_STRENGTH.get(edit_start, 1.0) if init_images is not None else 1.0
     if edit_start not in EDIT_STARTS:
         raise InputError(f"edit_start {edit_start!r} is not one of {EDIT_STARTS} (how an edit takes its image up the "
                          "schedule: DDIM inversion, or SDEdit's noise)")
+    if not 0 < strength <= 1:
+        raise InputError(f"strength (how far up the schedule an edit takes its image) must be in (0, 1], got {strength}")
     if region is not None and init_images is None:
-        raise InputError("a region limits an edit: it needs init images to keep outside it")
+        raise InputError("a region limits an edit: it needs init images to keep outside it (start from an image, "
+                         "or leave the region out)")
     d = _diffusers()
     kinds = {"ddim": d.DDIMScheduler, "ddpm": d.DDPMScheduler}
     if scheduler not in kinds:
@@ -518,6 +531,7 @@ def guided_sample(model: DiffusionModel, loss_fn: Callable[..., torch.Tensor], n
                              "(search=1 keeps it)")
         drawn = torch.randn((pictures, k - 1, *noise.shape[1:]), generator=rng).to(noise)
         x = torch.cat([noise[:, None], drawn], dim=1).flatten(0, 1)
+    start = time.perf_counter()
     path, keep = None, None
     if init_images is not None:
         first = min(int(round(steps * (1 - strength))), steps - 1)
@@ -525,20 +539,20 @@ def guided_sample(model: DiffusionModel, loss_fn: Callable[..., torch.Tensor], n
         with torch.no_grad():
             clean = model.encode(init_images.to(noise.device)).detach()
         if edit_start == "inversion":
-            path = invert_path(inverter if inverter is not None else model.conditioned(None), clean, timesteps,
-                               _final_alpha_bar(sched))
+            path = invert_path(inverter if inverter is not None else model.conditioned(None), clean, sched,
+                               timesteps)
         else:
             fresh = torch.randn(clean.shape, generator=rng).to(clean)
             path = [sched.add_noise(clean, fresh, t.reshape(1)) for t in timesteps]
         x = path[0]
-        if region is not None:                  # latent cells any of whose pixels may change
-            keep = 1 - F.adaptive_max_pool2d(region.to(clean), tuple(clean.shape[-2:]))
+        if region is not None:                  # the latent cells none of whose pixels may change
+            keep = (F.adaptive_max_pool2d(region.to(clean), tuple(clean.shape[-2:])) <= 1e-3).to(clean)
     # copies made by resampling must part again: a stochastic sampler
     step_options = {"eta": 1.0, "generator": rng} if k > 1 and scheduler == "ddim" else \
         {"generator": rng} if scheduler == "ddpm" else {}
+    edit = {"edit_start": edit_start, "region": region is not None} if init_images is not None else {}
     settings = {"sampler": scheduler, "steps": steps, "guidance_scale": guidance_scale, "seed": seed,
-                "strength": strength, **({"edit_start": edit_start, "region": region is not None}
-                                         if init_images is not None else {}), "guidance_space": guidance_space, "guidance_stop": guidance_stop,
+                "strength": strength, **edit, "guidance_space": guidance_space, "guidance_stop": guidance_stop,
                 "recurrence": recurrence, **({"search": k} if k > 1 else {}), **(settings or {})}
     guided_steps = int(round(guidance_stop * len(timesteps)))
     provenance = _provenance(loss_fn, model.unet, settings)
@@ -548,7 +562,6 @@ def guided_sample(model: DiffusionModel, loss_fn: Callable[..., torch.Tensor], n
         from tqdm.auto import tqdm
         bar = tqdm(total=len(timesteps), desc="diffusion", unit="step", dynamic_ncols=True, leave=False)
     losses, frames, stopped, shown, ranked, finished = [], [], None, None, None, False
-    start = time.perf_counter()
     try:
         for i, t in enumerate(timesteps):
             ab = _alpha_bar(sched, t)
@@ -611,6 +624,9 @@ def guided_sample(model: DiffusionModel, loss_fn: Callable[..., torch.Tensor], n
     if shown is None:
         with torch.no_grad():
             shown = model.decode(x).detach()
+    if region is not None and not finished:     # stopped part-way: the last prediction, held outside the region
+        r = region.to(shown)
+        shown = r * shown + (1 - r) * init_images.to(shown)
     if k > 1 and (finished or ranked is None):  # finished particles (or none ranked yet): rank them now
         ranked = per_image_loss(loss_fn, shown, seed)
     final = float(losses[-1]) if losses else math.inf

@@ -83,8 +83,11 @@ def edit_image(model, image: torch.Tensor, prompt, *, source: str | None = None,
                callback_every: int = 1, run_options: dict | None = None, prior=None):
     """Edit `image` (1, 3, H, W) in [0, 1] toward `prompt` with guide `model`. With `source` (what the
     image shows now) the loss is directional. `strength` is how far up its schedule a diffusion edit
-    takes the image (0-1; default: all the way for DDIM inversion, 0.6 for SDEdit's noise). `callback(StepInfo)` runs every `callback_every` steps; `run_options` go to the
-    generator's run() (diffusion: guidance_scale). `prior`: a token prior (generators.prior) first
+    takes the image (in (0, 1]; default: all the way for DDIM inversion, 0.6 for SDEdit's noise).
+    `callback(StepInfo)` runs every `callback_every` steps; `run_options` go to the generator's
+    run() (diffusion: guidance_scale, and edit_start "inversion" or "noise", how the image is taken
+    up the schedule; the mask, as the generator's region, is held at every sampling step).
+    `prior`: a token prior (generators.prior) first
     redraws part of the image's codes for the prompt (those under the mask, or without one those it
     finds unlikely for the prompt against the source text), and guidance goes on from there.
     Returns a SteerResult whose provenance records the edit."""
