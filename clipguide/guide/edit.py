@@ -87,10 +87,10 @@ def edit_image(model, image: torch.Tensor, prompt, *, source: str | None = None,
     `callback(StepInfo)` runs every `callback_every` steps; `run_options` go to the generator's
     run() (diffusion: guidance_scale, and edit_start "inversion" or "noise", how the image is taken
     up the schedule; the mask, as the generator's region, is held at every sampling step).
-    `prior`: a token prior (generators.prior) first
-    redraws part of the image's codes for the prompt (those under the mask, or without one those it
-    finds unlikely for the prompt against the source text), and guidance goes on from there.
-    Returns a SteerResult whose provenance records the edit."""
+    `prior`: a token prior (generators.prior) first redraws part of the image's codes for the
+    prompt (those under the mask, or without one those it finds unlikely for the prompt against the
+    source text), and guidance goes on from there. Returns a SteerResult whose provenance records
+    the edit."""
     from ..generators import build_generator, edit_preserve, load_network
     from .augment import Cutouts
     from .loss import CLIPLoss
