@@ -275,6 +275,7 @@ def _candidates(option: str, prompts: list[str]) -> list[str]:
 def _eval_edits(args) -> int:
     import clipguide
     from clipguide.generators import edit_preserve
+    from clipguide.generators.diffusion import edit_settings
     from clipguide.guide.edit_study import edit_cases, edit_study
 
     run_options = _run_options(args)                      # checked before anything loads
@@ -297,7 +298,7 @@ def _eval_edits(args) -> int:
     print(json.dumps({"task": "edits", "guide": args.model, "judge": args.judge, "generator": args.generator,
                       "steps": args.steps, "preserve": edit_preserve(args.generator, args.preserve),
                       "outside": args.outside, **({"prior": args.prior} if args.prior else {}), **_cfg_flag(args),
-                      **({"strength": _edit_strength(args), "edit_start": args.edit_start or "inversion"}
+                      **(dict(zip(("edit_start", "strength"), edit_settings(args.edit_start, args.strength)))
                          if args.generator == "diffusion" else {}),
                       **report.summary()}),
           flush=True)
@@ -383,13 +384,6 @@ def _generator_options(args) -> dict:
     if args.generator == "diffusion":
         options.update(sample_steps=args.steps, **_cfg_flag(args))      # --cfg-scale: checked by _run_options
     return options
-
-
-def _edit_strength(args) -> float:
-    """--strength as the diffusion sampler takes it (its default depends on --edit-start)."""
-    from clipguide.generators.diffusion import EDIT_STRENGTH
-
-    return args.strength if args.strength is not None else EDIT_STRENGTH[args.edit_start or "inversion"]
 
 
 def _cfg_flag(args) -> dict:

@@ -447,6 +447,15 @@ def _best_particles(images: torch.Tensor, losses: torch.Tensor, pictures: int) -
     return images.view(pictures, k, *images.shape[1:])[torch.arange(pictures), best]
 
 
+def edit_settings(edit_start: str | None = None, strength: float | None = None,
+                  scheduler: str = "ddim") -> tuple[str, float]:
+    """An edit's start and strength as given, or their defaults: inversion with DDIM sampling and
+    noise with DDPM (whose fresh noise at every step does not retrace an inversion), at
+    EDIT_STRENGTH of the start."""
+    start = edit_start or ("noise" if scheduler == "ddpm" else "inversion")
+    return start, EDIT_STRENGTH.get(start, 1.0) if strength is None else strength
+
+
 def check_cfg_scale(cfg_scale: float) -> None:
     """Refuse a classifier-free guidance scale that is not a finite number >= 0, saying what it means."""
     if not (math.isfinite(cfg_scale) and cfg_scale >= 0):
@@ -503,10 +512,9 @@ def guided_sample(model: DiffusionModel, loss_fn: Callable[..., torch.Tensor], n
         raise InputError(f"recurrence must be an integer >= 1, got {recurrence!r}")
     if isinstance(search, bool) or not isinstance(search, int) or search < 1:
         raise InputError(f"search (how many samples the guide chooses among) must be an integer >= 1, got {search!r}")
-    if edit_start is None:
-        edit_start = "noise" if scheduler == "ddpm" else "inversion"
-    if strength is None:
-        strength = EDIT_STRENGTH.get(edit_start, 1.0) if init_images is not None else 1.0
+    edit_start, edit_strength = edit_settings(edit_start, strength, scheduler)
+    if strength is None:                        # without an image, sampling starts from pure noise
+        strength = edit_strength if init_images is not None else 1.0
     if edit_start not in EDIT_STARTS:
         raise InputError(f"edit_start {edit_start!r} is not one of {EDIT_STARTS} (how an edit takes its image up the "
                          "schedule: DDIM inversion, or SDEdit's noise)")
