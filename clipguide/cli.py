@@ -418,6 +418,22 @@ def _run_options(args) -> dict:
             raise InputError(f"--search needs a generator network to draw starts from ({', '.join(SEARCHING)}), "
                              f"not --generator {args.generator}")
     searched = {"search": search} if search is not None else {}
+    search_view = getattr(args, "search_view", None)
+    if search_view is not None:
+        if search is None or search == 1:
+            raise InputError("--search-view says how a search sees its starts' pictures: give --search N (N > 1) too")
+        searched["search_view"] = search_view
+    particles = getattr(args, "particles", None)
+    if particles is not None:
+        if particles < 1:
+            raise InputError(f"--particles is how many samples run side by side for each picture: an integer >= 1, "
+                             f"got {particles}")
+        if getattr(args, "what", "guided") != "guided":
+            raise InputError(f"--particles is for 'eval guided' (an edit starts from its picture), not "
+                             f"'eval {args.what}'")
+        if args.generator != "diffusion":
+            raise InputError(f"--particles only applies to --generator diffusion (got {args.generator})")
+        searched["particles"] = particles
     edit_start = getattr(args, "edit_start", None)
     if edit_start is not None:
         if getattr(args, "what", "edits") != "edits":
@@ -506,9 +522,15 @@ def _add_prior(p: argparse.ArgumentParser) -> None:
 
 def _add_search(p: argparse.ArgumentParser) -> None:
     p.add_argument("--search", type=int, default=None, metavar="N",
-                   help="vqgan, stylegan: the guide chooses each picture's start among N random ones before "
-                   "steering; diffusion: N samples run side by side, the guide's choice resampling them at "
-                   "every guided step, the best one kept (default 1: no search)")
+                   help="vqgan, stylegan, diffusion: the guide chooses each picture's start among N random ones "
+                   "by the pictures the network draws from them (diffusion: its own unguided draft draws) "
+                   "before the guided run (default 1: no search)")
+    p.add_argument("--search-view", choices=("whole", "augmented"), default=None,
+                   help="how the search sees each start's picture: whole (default) or through the guidance's "
+                   "augmented cutouts")
+    p.add_argument("--particles", type=int, default=None, metavar="K",
+                   help="diffusion: K samples run side by side for each picture, the guide's choice resampling "
+                   "them at every guided step, the best one kept (default 1)")
 
 
 def _add_guidance_scale(p: argparse.ArgumentParser) -> None:

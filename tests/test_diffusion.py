@@ -12,6 +12,7 @@ diffusers = pytest.importorskip("diffusers")
 from batteries import GeneratorBattery  # noqa: E402
 from clipguide.errors import CheckpointError, InputError  # noqa: E402
 from clipguide.generators.diffusion import DiffusionLatent, ddim_invert, ddim_sample, load_diffusion  # noqa: E402
+from clipguide.generators.base import SEARCH_SEED_OFFSET  # noqa: E402
 
 
 def _unet(**kw):
@@ -152,6 +153,26 @@ def test_same_seed_same_result_and_ddpm_uses_the_seed(pixel_model):
     b = gen.run(_redness, steps=4, scheduler="ddpm", seed=5, progress=False).images
     c = gen.run(_redness, steps=4, scheduler="ddpm", seed=6, progress=False).images
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_an_image_start_is_inverted_on_first_use_only(pixel_model, monkeypatch):
+    """DiffusionLatent(init=...) inverts its image when the latent is first used (forward,
+    latent_l2), once, as the model was built; an edit's run() never needs that inversion."""
+    import clipguide.generators.diffusion as D
+
+    init = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    calls = []
+    real = D.ddim_invert
+    monkeypatch.setattr(D, "ddim_invert", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    gen = DiffusionLatent(pixel_model, size=16, init=init, sample_steps=4)
+    gen.run(_redness, guidance_scale=0.0, progress=False)
+    assert calls == []
+    first = gen()
+    expected = real(pixel_model, pixel_model.encode(init), 4)
+    assert torch.allclose(gen.latent.detach(), expected, atol=1e-6) and torch.equal(gen.start, gen.latent.detach())
+    assert torch.equal(gen(), first) and (gen.latent_l2() == 0).all() and calls == [1]
+    other = DiffusionLatent(pixel_model, size=16, init=init, sample_steps=4)
+    assert (other.latent_l2() == 0).all() and len(calls) == 2
 
 
 def test_sdedit_strength_controls_how_far_an_edit_goes(pixel_model):
@@ -525,26 +546,83 @@ def test_resampling_keeps_the_better_half_twice():
     assert _best_particles(images, losses.flatten(), 2).flatten().tolist() == [3.0, 5.0]
 
 
-def test_search_lets_the_loss_choose_among_samples(pixel_model):
-    """search=K samples K particles per picture, resampled by the loss at every guided step: by
+def _per(images):
+    loss = _PerPicture()
+    loss(images)
+    return loss.last["per_image"]
+
+
+def test_particles_let_the_loss_resample_samples(pixel_model):
+    """particles=K samples K particles per picture, resampled by the loss at every guided step: by
     selection alone (guidance scale 0) the pictures come out redder than one sample's, and the
     picture returned is the one the loss ranks first."""
     gen = DiffusionLatent(pixel_model, size=16, batch=2, generator=torch.Generator().manual_seed(1))
     loss = _PerPicture()
     one = gen.run(loss, steps=6, guidance_scale=0.0, seed=3, progress=False)
-    many = gen.run(loss, steps=6, guidance_scale=0.0, seed=3, progress=False, search=8)
-    assert many.images.shape == (2, 3, 16, 16) and many.provenance["search"] == 8
+    many = gen.run(loss, steps=6, guidance_scale=0.0, seed=3, progress=False, particles=8)
+    assert many.images.shape == (2, 3, 16, 16) and many.provenance["particles"] == 8
     assert _redness(many.images) < _redness(one.images) - 0.01
     assert many.best_loss == pytest.approx(float(loss(many.images)), rel=1e-5)
-    again = gen.run(loss, steps=6, guidance_scale=0.0, seed=3, progress=False, search=8)
+    again = gen.run(loss, steps=6, guidance_scale=0.0, seed=3, progress=False, particles=8)
     assert torch.equal(again.images, many.images)
-    guided = gen.run(loss, steps=6, guidance_scale=1.0, seed=3, progress=False, search=4, scheduler="ddpm")
+    guided = gen.run(loss, steps=6, guidance_scale=1.0, seed=3, progress=False, particles=4, scheduler="ddpm")
     assert _redness(guided.images) < _redness(one.images)
     with pytest.raises(InputError, match="per-picture"):
-        gen.run(_redness, steps=2, progress=False, search=2)
+        gen.run(_redness, steps=2, progress=False, particles=2)
+    edit = DiffusionLatent(pixel_model, size=16, init=torch.rand(1, 3, 16, 16), sample_steps=4)
+    with pytest.raises(InputError, match="starts from an image"):
+        edit.run(loss, strength=0.5, progress=False, particles=2)
+    for bad in (0, 1.5, True):
+        with pytest.raises(InputError, match="particles"):
+            gen.run(loss, steps=2, progress=False, particles=bad)
+
+
+def test_search_starts_from_the_noise_whose_draft_the_loss_ranks_first(pixel_model):
+    """search=N scores N starting noises by their unguided drafts (sample_steps DDIM steps) and
+    samples from the best: unguided, with as many steps as the draft, the picture is that draft,
+    the lowest of the N, never worse than the seeded noise's own."""
+    build = lambda: DiffusionLatent(pixel_model, size=16, batch=2, sample_steps=5,  # noqa: E731
+                                    generator=torch.Generator().manual_seed(1))
+    loss = _PerPicture()
+    seeded = build()
+    one = seeded.run(loss, guidance_scale=0.0, seed=3, progress=False)
+    with torch.no_grad():
+        assert torch.allclose(one.images, seeded(), atol=1e-5)              # a run at scale 0 is the draft
+    gen = build()
+    rng = torch.Generator().manual_seed(3 + SEARCH_SEED_OFFSET)       # where the search draws its other starts
+    with torch.no_grad():
+        best = [float(_per(gen.decode(torch.cat([gen.latent.detach()[i:i + 1], gen.propose(7, rng)]))).min())
+                for i in range(2)]
+    searched = gen.run(loss, guidance_scale=0.0, seed=3, progress=False, search=8)
+    assert searched.provenance["search"] == 8 and searched.provenance["search_view"] == "whole"
+    assert _per(searched.images).tolist() == pytest.approx(best, abs=1e-4)
+    assert (_per(searched.images) <= _per(one.images) + 1e-6).all()
+    assert not torch.equal(gen.latent, seeded.latent) and torch.equal(gen.latent, gen.start)   # the start moved
+    again = build().run(loss, guidance_scale=0.0, seed=3, progress=False, search=8)
+    assert torch.equal(again.images, searched.images)
     edit = DiffusionLatent(pixel_model, size=16, init=torch.rand(1, 3, 16, 16), sample_steps=4)
     with pytest.raises(InputError, match="starts from an image"):
         edit.run(loss, strength=0.5, progress=False, search=2)
-    for bad in (0, 1.5, True):
-        with pytest.raises(InputError, match="search"):
-            gen.run(loss, steps=2, progress=False, search=bad)
+    with pytest.raises(InputError, match="search_view"):
+        build().run(loss, progress=False, search=2, search_view="cutouts")
+
+
+def test_command_line_search_and_particles(text_dir, tmp_path, capsys):
+    """`generate --search N` chooses the start noise (how: --search-view), `--particles K` resamples
+    side by side; both are in the PNG's provenance, and the flags are refused where they mean nothing."""
+    from PIL import Image
+
+    from clipguide.cli import main
+
+    out = tmp_path / "s.png"
+    common = ["generate", "a red star", "--generator", "diffusion", "--generator-model", str(text_dir), "--steps", "2",
+              "--cutouts", "2", "--out", str(out)]
+    assert main(common + ["--search", "3", "--particles", "2", "--search-view", "augmented"]) == 0
+    shown = json.loads(Image.open(out).text["clipguide"])
+    assert (shown["search"], shown["search_view"], shown["particles"]) == (3, "augmented", 2)
+    assert main(common + ["--search-view", "whole"]) == 2
+    assert "give --search N" in capsys.readouterr().err
+    assert main(common[:3] + ["fourier"] + common[6:] + ["--particles", "2"]) == 2
+    assert "--particles only applies to --generator diffusion" in capsys.readouterr().err
+    assert main(common + ["--particles", "0"]) == 2
+    assert "integer >= 1" in capsys.readouterr().err

@@ -370,3 +370,41 @@ def test_score_says_what_the_judge_chose_and_which_checks_failed(model):
     assert report.judge_choice[0] == report.judge_choice[1]                  # one picture, one choice
     assert report.judge_choice[0] in (right, wrong, "a gothic church")
     assert report.judge_correct == [report.judge_choice[0] == right, report.judge_choice[0] == wrong]
+
+
+def test_whole_picture_losses_see_each_picture_once_unaugmented(model):
+    """whole_picture_losses: per-picture losses of one whole view each, equal to a CLIPLoss without
+    cutouts, without gradients, and not drawn from the cutouts (the same whatever the generator)."""
+    x = torch.rand(3, 3, 32, 32, requires_grad=True)
+    cut = CLIPLoss(model, "a red circle | a blue square:0.5", cutouts=Cutouts(size=32, n=4, min_size=0.3))
+    whole = cut.whole_picture_losses(x)
+    plain = CLIPLoss(model, "a red circle | a blue square:0.5", cutouts=None)
+    plain(x)
+    assert whole.shape == (3,) and not whole.requires_grad
+    assert torch.allclose(whole, plain.last["per_image"], atol=1e-6)
+    cut(x, generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(cut.last["per_image"], whole, atol=1e-4)     # the augmented views differ
+
+
+def test_a_search_ranks_whole_pictures_or_augmented_views():
+    """ranking_losses: "whole" uses the loss's whole-picture losses when it has them, "augmented"
+    its own views (the loss called with the seeded generator); an unknown view is refused."""
+    from clipguide.generators.base import check_search_view, ranking_losses
+
+    class Both:
+        def __init__(self):
+            self.last = {}
+
+        def __call__(self, images, generator=None):
+            per = images.flatten(1).mean(1) + 1.0
+            self.last = {"per_image": per}
+            return per.mean()
+
+        def whole_picture_losses(self, images):
+            return images.flatten(1).mean(1)
+
+    x = torch.rand(4, 3, 8, 8)
+    assert torch.allclose(ranking_losses(Both(), x, 0, "whole"), x.flatten(1).mean(1))
+    assert torch.allclose(ranking_losses(Both(), x, 0, "augmented"), x.flatten(1).mean(1) + 1.0)
+    with pytest.raises(InputError, match="search_view"):
+        check_search_view("crops")

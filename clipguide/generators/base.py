@@ -95,6 +95,9 @@ def check_region(region, size: tuple[int, int], batch: int = 1) -> torch.Tensor:
 
 # the search draws its random starts from seed + this, apart from the steering's own draws
 SEARCH_SEED_OFFSET = 7919
+# how a search sees each candidate start's picture: whole (one view, no augmentation; the default)
+# or through the loss's own augmented views (cutouts)
+SEARCH_VIEWS = ("whole", "augmented")
 
 
 class Generator(nn.Module):
@@ -160,15 +163,17 @@ class Generator(nn.Module):
         fixed per-picture state (noise) of batch item `index`."""
         raise NotImplementedError(f"{type(self).__name__} does not define decode")
 
-    def choose_start(self, loss_fn: Callable[..., torch.Tensor], search: int, seed: int = 0, chunk: int = 32
-                     ) -> torch.Tensor:
+    def choose_start(self, loss_fn: Callable[..., torch.Tensor], search: int, seed: int = 0, chunk: int = 32,
+                     view: str = "whole") -> torch.Tensor:
         """For each picture, score its current latent (the seeded start, on a fresh generator) and
         `search - 1` random ones (the proposer's or propose(), drawn from seed + SEARCH_SEED_OFFSET) by
-        `loss_fn` on the decoded pictures, forward only, and start from the lowest. Every candidate
-        is scored on the same augmented views. Returns the chosen starts' losses (B,)."""
+        `loss_fn` on the decoded pictures, forward only, and start from the lowest. `view`: "whole"
+        ranks the whole pictures (ranking_losses), "augmented" the loss's own augmented views, the
+        same for every candidate. Returns the chosen starts' losses (B,)."""
         if isinstance(search, bool) or not isinstance(search, int) or search < 1:
             raise InputError(f"search (how many starts the guide chooses among) must be an integer >= 1, "
                              f"got {search!r}")
+        check_search_view(view)
         if self.from_image and search > 1:
             raise InputError("this generator starts from an image; a search would replace it with random starts "
                              "(search=1 keeps it)")
@@ -185,7 +190,7 @@ class Generator(nn.Module):
                 if search > 1:
                     drawn = (self.proposer or self.propose)(search - 1, rng).to(latent)
                     candidates = torch.cat([candidates, drawn])
-                losses = torch.cat([per_image_loss(loss_fn, self.decode(part, b), seed)
+                losses = torch.cat([ranking_losses(loss_fn, self.decode(part, b), seed, view)
                                     for part in candidates.split(chunk)])
                 best = int(losses.argmin())
                 latent[b] = candidates[best]
@@ -194,20 +199,50 @@ class Generator(nn.Module):
         return torch.stack(chosen)
 
     def run(self, loss_fn: Callable[..., torch.Tensor], steps: int = 100, lr: float = 0.05, *, seed: int = 0,
-            latent_weight: float = 0.0, strength: float | None = None, search: int = 1, settings: dict | None = None,
-            **kwargs):
+            latent_weight: float = 0.0, strength: float | None = None, search: int = 1, search_view: str = "whole",
+            settings: dict | None = None, **kwargs):
         """Guided generation: optimise the latent with :func:`clipguide.steer` (see its options).
         `search` > 1 first lets the loss choose each picture's start among that many (the current
-        latent, which is the seeded start on a fresh generator, and random others; choose_start()). `latent_weight` > 0 adds that multiple of latent_l2() to
-        the loss (keeps an edit close). `strength` is for samplers (how far up its schedule an edit
-        takes its image); optimisation starts from the image itself and does not use it."""
+        latent, which is the seeded start on a fresh generator, and random others), seeing their
+        pictures as `search_view` says (choose_start()). `latent_weight` > 0 adds that multiple of
+        latent_l2() to the loss (keeps an edit close). `strength` is for samplers (how far up its
+        schedule an edit takes its image); optimisation starts from the image itself and does not
+        use it."""
         from ..guide.steer import steer
 
-        if search != 1:
-            self.choose_start(loss_fn, search, seed)
-            settings = {**(settings or {}), "search": search}
+        settings = self.search_start(loss_fn, search, seed, search_view, settings)
         fn = loss_fn if not latent_weight else _WithLatentL2(loss_fn, self, latent_weight)
         return steer(self, fn, steps=steps, lr=lr, seed=seed, settings=settings, **kwargs)
+
+
+    def search_start(self, loss_fn: Callable[..., torch.Tensor], search: int, seed: int, view: str,
+                     settings: dict | None) -> dict | None:
+        """run()'s search: choose the start when `search` != 1, and return the run's settings with
+        the search and its view added (unchanged without a search)."""
+        check_search_view(view)
+        if search == 1:
+            return settings
+        self.choose_start(loss_fn, search, seed, view=view)
+        return {**(settings or {}), "search": search, "search_view": view}
+
+
+def check_search_view(view: str) -> None:
+    if view not in SEARCH_VIEWS:
+        raise InputError(f"search_view {view!r} is not one of {SEARCH_VIEWS} (how a search sees each start's "
+                         "picture: whole, or through the loss's augmented views)")
+
+
+def ranking_losses(loss_fn: Callable[..., torch.Tensor], images: torch.Tensor, seed: int = 0,
+                   view: str = "whole") -> torch.Tensor:
+    """(N,) losses a search ranks N pictures by, without gradients. "whole": the loss of each whole
+    picture when the loss offers it (CLIPLoss.whole_picture_losses: one view, no cutouts); any other
+    callable sees the pictures as given. "augmented": the loss's own views, drawn from `seed`
+    (per_image_loss)."""
+    whole = getattr(loss_fn, "whole_picture_losses", None)
+    if view == "whole" and whole is not None:
+        with torch.no_grad():
+            return whole(images).detach().float()
+    return per_image_loss(loss_fn, images, seed)
 
 
 def reported_losses(loss_fn: Callable[..., torch.Tensor], n: int) -> torch.Tensor | None:

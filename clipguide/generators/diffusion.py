@@ -343,7 +343,8 @@ def ddim_invert(model: DiffusionModel, x0: torch.Tensor, steps: int) -> torch.Te
 class DiffusionLatent(Generator):
     """A diffusion model as a generator: the latent is the starting noise x_T, forward() samples it
     deterministically with DDIM (`sample_steps`), and run() does CLIP-guided sampling from it.
-    `init=` images start from their DDIM inversion, so forward() gives them back. A text-conditional
+    `init=` images start from their DDIM inversion (made on first use of the latent: forward() or
+    latent_l2(); an edit's run() does not need it), so forward() gives them back. A text-conditional
     UNet draws what condition(prompt) last gave it (unconditionally before), with classifier-free
     guidance at `cfg_scale` (None: the model's own setting).
 
@@ -372,15 +373,31 @@ class DiffusionLatent(Generator):
         if model.vae is not None:
             self.vae = model.vae
         self.init_images = None
-        if init is not None:
-            self.init_images = check_init(init, (h, w), batch)
-            with torch.no_grad():
-                start = ddim_invert(model, model.encode(self.init_images), self.sample_steps)
+        if init is not None:            # the image's inversion is the latent: made on first use (an edit's
+            self.init_images = check_init(init, (h, w), batch)      # run() inverts it under its own schedule)
+            start = torch.zeros(batch, model.channels, h // f, w // f)
         else:
             start = torch.randn(batch, model.channels, h // f, w // f, generator=generator)
+        self._inverted, self._reader = init is None, model       # the model as built reads the image
         self.latent = nn.Parameter(start.contiguous())
         self.register_buffer("start", start.detach().clone(), persistent=False)
         self.inverter, self.region = model.conditioned(None), None
+
+    def _invert_image(self) -> None:
+        """Set the latent (and start) of an image-started generator to the image's DDIM inversion by
+        the model as built (before condition()) in sample_steps steps, once, so that forward() draws
+        the image."""
+        if self._inverted:
+            return
+        with torch.no_grad():
+            start = ddim_invert(self._reader, self._reader.encode(self.init_images.to(self.latent)), self.sample_steps)
+            self.latent.copy_(start)
+            self.start.copy_(start)
+        self._inverted = True
+
+    def latent_l2(self) -> torch.Tensor:
+        self._invert_image()
+        return super().latent_l2()
 
     def condition(self, prompt: str | None, source: str | None = None) -> None:
         self.model = self.model.conditioned(prompt)
@@ -397,28 +414,46 @@ class DiffusionLatent(Generator):
         self.region = region
 
     def forward(self) -> torch.Tensor:
+        self._invert_image()
         return self.model.decode(ddim_sample(self.model, self.latent, self.sample_steps))
+
+    @property
+    def from_image(self) -> bool:
+        return self.init_images is not None
+
+    def propose(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randn(n, *self.latent.shape[1:], generator=generator)
+
+    def decode(self, latent: torch.Tensor, index: int = 0) -> torch.Tensor:
+        """Draft pictures of starting noises: the network's own DDIM draws in sample_steps steps,
+        without CLIP guidance (what a search among starts looks at)."""
+        return self.model.decode(ddim_sample(self.model, latent, self.sample_steps))
 
     def run(self, loss_fn: Callable[..., torch.Tensor], steps: int | None = None, lr: float | None = None, *,
             seed: int = 0, guidance_scale: float = 0.15, strength: float | None = None, scheduler: str = "ddim",
             guidance_space: str = "clean", guidance_stop: float = 1.0, recurrence: int = 1, search: int = 1,
-            callback: Callable | None = None, frame_every: int = 0, progress: bool = True,
-            settings: dict | None = None, regularisers=(), latent_weight: float = 0.0, edit_start: str | None = None,
-            **unused) -> Any:
+            search_view: str = "whole", particles: int = 1, callback: Callable | None = None, frame_every: int = 0,
+            progress: bool = True, settings: dict | None = None, regularisers=(), latent_weight: float = 0.0,
+            edit_start: str | None = None, **unused) -> Any:
         """CLIP-guided sampling with `steps` denoising steps (default: sample_steps). With an init
         image, an edit: sampling starts `strength` of the way up the schedule from the image, its
         latent taken there by `edit_start` (see guided_sample: DDIM inversion, or SDEdit's noise, and
-        their default strengths). `search` > 1
-        samples that many pictures side by side for each one asked and lets the loss resample them
-        (see guided_sample). Regularisers (functions of the images, weighted) join the guidance
-        loss; lr and latent_weight do not apply to sampling and are ignored."""
+        their default strengths). `search` > 1 first lets the loss choose each picture's starting
+        noise among that many by their draft pictures (the network's own draws in sample_steps
+        steps, seen as `search_view` says; choose_start()); the guided sampling then starts from
+        it. `particles` > 1 samples that many pictures side by side for each one asked and lets
+        the loss resample them at every guided step (see guided_sample). Regularisers (functions of
+        the images, weighted) join the guidance loss; lr and latent_weight do not apply to sampling
+        and are ignored."""
         if self.model.text_conditional:             # the provenance says what the UNet drew
             settings = {**(settings or {}), "cfg_scale": self.model.cfg_scale,
                         "text_conditioned": self.model.label is not None}
+        settings = self.search_start(loss_fn, search, seed, search_view, settings)
         return guided_sample(self.model, loss_fn, self.latent.detach(), self.sample_steps if steps is None else steps,
                              guidance_scale=guidance_scale, seed=seed, strength=strength, scheduler=scheduler,
                              guidance_space=guidance_space, guidance_stop=guidance_stop, recurrence=recurrence,
-                             search=search, init_images=self.init_images, callback=callback, frame_every=frame_every,
+                             particles=particles, init_images=self.init_images, callback=callback,
+                             frame_every=frame_every,
                              progress=progress, settings=settings, regularisers=regularisers, edit_start=edit_start,
                              inverter=self.inverter, region=self.region)
 
@@ -427,7 +462,7 @@ def _particle_losses(loss_fn: Callable[..., torch.Tensor], n: int) -> torch.Tens
     """(n,) per-picture losses the loss reported for its last call."""
     per = reported_losses(loss_fn, n)
     if per is None:
-        raise InputError("search > 1 ranks samples by their own losses: the loss must report per-picture values "
+        raise InputError("particles > 1 ranks samples by their own losses: the loss must report per-picture values "
                          "in loss.last['per_image'] as CLIPLoss does")
     return per
 
@@ -476,7 +511,7 @@ def check_guidance(guidance_scale: float = 0.15, guidance_stop: float = 1.0) -> 
 
 def guided_sample(model: DiffusionModel, loss_fn: Callable[..., torch.Tensor], noise: torch.Tensor, steps: int, *,
                   guidance_scale: float = 0.15, seed: int = 0, strength: float | None = None, scheduler: str = "ddim",
-                  guidance_space: str = "clean", guidance_stop: float = 1.0, recurrence: int = 1, search: int = 1,
+                  guidance_space: str = "clean", guidance_stop: float = 1.0, recurrence: int = 1, particles: int = 1,
                   init_images: torch.Tensor | None = None, callback: Callable | None = None, frame_every: int = 0,
                   progress: bool = True, settings: dict | None = None, regularisers=(), edit_start: str | None = None,
                   inverter: DiffusionModel | None = None, region: torch.Tensor | None = None):
@@ -494,7 +529,7 @@ def guided_sample(model: DiffusionModel, loss_fn: Callable[..., torch.Tensor], n
     the region is drawn to fit what stays (the region's soft edge is the caller's composite; a
     latent pipeline's decoder gives the kept part back as its reconstruction).
 
-    `search` = K > 1 runs K samples (particles) for each picture: the seeded noise and K - 1 fresh
+    `particles` = K > 1 runs K samples (particles) for each picture: the seeded noise and K - 1 fresh
     draws (not for an edit, which starts from its image). After every guided step the loss of each
     particle's predicted clean picture ranks the K (also with guidance_scale 0: a search by the
     loss's choice alone); the better half is kept, twice over, and a stochastic sampler (DDPM, or
@@ -510,8 +545,9 @@ def guided_sample(model: DiffusionModel, loss_fn: Callable[..., torch.Tensor], n
         raise InputError(f"guidance_space {guidance_space!r} is not one of {GUIDANCE_SPACES}")
     if isinstance(recurrence, bool) or not isinstance(recurrence, int) or recurrence < 1:
         raise InputError(f"recurrence must be an integer >= 1, got {recurrence!r}")
-    if isinstance(search, bool) or not isinstance(search, int) or search < 1:
-        raise InputError(f"search (how many samples the guide chooses among) must be an integer >= 1, got {search!r}")
+    if isinstance(particles, bool) or not isinstance(particles, int) or particles < 1:
+        raise InputError(f"particles (how many samples the guide resamples for each picture) must be an integer "
+                         f">= 1, got {particles!r}")
     edit_start, edit_strength = edit_settings(edit_start, strength, scheduler)
     if strength is None:                        # without an image, sampling starts from pure noise
         strength = edit_strength if init_images is not None else 1.0
@@ -531,12 +567,12 @@ def guided_sample(model: DiffusionModel, loss_fn: Callable[..., torch.Tensor], n
     sched.set_timesteps(steps)
     rng = torch.Generator(device="cpu").manual_seed(int(seed))
     timesteps = sched.timesteps
-    pictures, k = noise.shape[0], search
+    pictures, k = noise.shape[0], particles
     x = noise
     if k > 1:                                   # particle j of picture b is row b * k + j
         if init_images is not None:
-            raise InputError("this sampling starts from an image; a search would replace it with random starts "
-                             "(search=1 keeps it)")
+            raise InputError("this sampling starts from an image; particles would replace it with random starts "
+                             "(particles=1 keeps it)")
         drawn = torch.randn((pictures, k - 1, *noise.shape[1:]), generator=rng).to(noise)
         x = torch.cat([noise[:, None], drawn], dim=1).flatten(0, 1)
     start = time.perf_counter()
@@ -561,7 +597,7 @@ def guided_sample(model: DiffusionModel, loss_fn: Callable[..., torch.Tensor], n
     edit = {"edit_start": edit_start, "region": region is not None} if init_images is not None else {}
     settings = {"sampler": scheduler, "steps": steps, "guidance_scale": guidance_scale, "seed": seed,
                 "strength": strength, **edit, "guidance_space": guidance_space, "guidance_stop": guidance_stop,
-                "recurrence": recurrence, **({"search": k} if k > 1 else {}), **(settings or {})}
+                "recurrence": recurrence, **({"particles": k} if k > 1 else {}), **(settings or {})}
     guided_steps = int(round(guidance_stop * len(timesteps)))
     provenance = _provenance(loss_fn, model.unet, settings)
     provenance["generator"] = "DiffusionLatent"

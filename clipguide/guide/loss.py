@@ -167,6 +167,17 @@ class CLIPLoss(nn.Module):
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Mean loss over the batch (a scalar); per-image losses are in `self.last['per_image']`."""
+        return self._loss(images, generator, self.cutouts)
+
+    def whole_picture_losses(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,) losses of whole pictures (one view each, resized and centre-cropped, no augmentation),
+        without gradients. A search among starts ranks by them: a cutout can crop away the object a
+        prompt places or counts, so augmented views rank where-and-how-many prompts worse."""
+        with torch.no_grad():
+            self._loss(images, None, None)
+        return self.last["per_image"]
+
+    def _loss(self, images: torch.Tensor, generator: torch.Generator | None, cutouts: Cutouts | None) -> torch.Tensor:
         images = self._check(images)
         B = images.shape[0]
         total = images.new_zeros(B)
@@ -176,13 +187,13 @@ class CLIPLoss(nn.Module):
         for m, (targets, src) in zip(self.members, self._targets):
             size = m.model.config.vision.image_size
             if size not in views_by_size:
-                if self.cutouts is None:
+                if cutouts is None:
                     from ..preprocess import resize_center_crop
 
                     views_by_size[size] = resize_center_crop(images, size)
                 else:
-                    self.cutouts.size = size
-                    views_by_size[size] = self.cutouts(images, generator)
+                    cutouts.size = size
+                    views_by_size[size] = cutouts(images, generator)
             views = views_by_size[size]
             n = views.shape[0] // B
             emb = m.model.encode_image(m.model.preprocess.normalize(views), normalize=True)   # (B*n, E)

@@ -162,17 +162,23 @@ def check_run_options(gen, run_options: dict | None) -> None:
                              f"{sorted(taken - _OWN_ARGUMENTS)}")
 
 
+def suite_loss(model, prompt: str, cutouts: int = 16):
+    """The CLIPLoss the suite steers `prompt` with: `cutouts` views of at least half the picture,
+    light noise, never mirrored (a flip turns "a red circle on the left" into its opposite)."""
+    from .augment import Cutouts
+    from .loss import CLIPLoss
+
+    return CLIPLoss(model, prompt, cutouts=Cutouts(size=model.config.vision.image_size, n=cutouts, min_size=0.5,
+                                                   noise=0.05, flip=0.0))
+
+
 def _steer_prompt(gen, model, prompt: str, *, generator: str, size, steps: int, lr: float, cutouts: int, seed: int,
                   tv: float, frame_every: int = 0, progress: bool = True, callback=None, callback_every: int = 1,
                   run_options: dict | None = None, prior=None):
-    from .augment import Cutouts
-    from .loss import CLIPLoss
     from .regularisers import total_variation
 
     check_run_options(gen, run_options)
-    # no mirrored views: a flip turns "a red circle on the left" into its opposite
-    loss = CLIPLoss(model, prompt, cutouts=Cutouts(size=model.config.vision.image_size, n=cutouts,
-                                                   min_size=0.5, noise=0.05, flip=0.0))
+    loss = suite_loss(model, prompt, cutouts)
     return gen.run(loss, steps=steps, lr=lr, seed=seed,
                    regularisers=[(total_variation, tv)] if tv else (), frame_every=frame_every,
                    progress=progress, settings={"generator": generator, "size": size, "cutouts": cutouts, "tv": tv,
