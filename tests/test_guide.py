@@ -408,3 +408,19 @@ def test_a_search_ranks_whole_pictures_or_augmented_views():
     assert torch.allclose(ranking_losses(Both(), x, 0, "augmented"), x.flatten(1).mean(1) + 1.0)
     with pytest.raises(InputError, match="search_view"):
         check_search_view("crops")
+
+
+def test_score_encodes_many_pictures_in_chunks_with_the_same_result(model, monkeypatch):
+    """score's encoders take a large batch a chunk at a time (memory stays bounded) and give what
+    one picture at a time gives; the augmented score draws its views chunk by chunk."""
+    import importlib
+
+    S = importlib.import_module("clipguide.guide.score")         # the module (clipguide.guide.score is the function)
+    x = torch.rand(7, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    text = S._text(model, ["a red circle"] * 7)
+    whole = S._image(model, x)
+    monkeypatch.setattr(S, "CHUNK", 3)
+    assert torch.allclose(S._image(model, x), whole, atol=1e-5)
+    assert torch.allclose(whole, torch.cat([S._image(model, x[i:i + 1]) for i in range(7)]), atol=1e-5)
+    aug = S._augmented(model, x, text)
+    assert aug.shape == (7,) and torch.equal(aug, S._augmented(model, x, text))

@@ -19,9 +19,14 @@ def _text(model: CLIP, texts: Sequence[str]) -> torch.Tensor:
     return model.encode_text(model.tokenize(list(texts), truncate=True), normalize=True)
 
 
+# pictures encoded at once: scoring thousands (a search probe's) in one batch would hold every
+# view's activations together
+CHUNK = 64
+
+
 @torch.no_grad()
 def _image(model: CLIP, images: torch.Tensor) -> torch.Tensor:
-    return model.encode_image(model.preprocess(images), normalize=True)
+    return torch.cat([model.encode_image(model.preprocess(part), normalize=True) for part in images.split(CHUNK)])
 
 
 @torch.no_grad()
@@ -41,9 +46,12 @@ def augmented_score(model: CLIP, images: torch.Tensor, prompts: Sequence[str], n
 def _augmented(model: CLIP, images: torch.Tensor, text: torch.Tensor, n: int = 16, seed: int = 1234
                ) -> torch.Tensor:
     size = model.config.vision.image_size
-    views = Cutouts(size=size, n=n, overview=1, noise=0.05, jitter=0.05)(images, torch.Generator().manual_seed(seed))
-    emb = model.encode_image(model.preprocess.normalize(views), normalize=True).view(images.shape[0], n, -1)
-    return (emb * text[:, None]).sum(dim=-1).mean(dim=1)
+    cut, rng = Cutouts(size=size, n=n, overview=1, noise=0.05, jitter=0.05), torch.Generator().manual_seed(seed)
+    out = []
+    for part, part_text in zip(images.split(CHUNK), text.split(CHUNK)):
+        emb = model.encode_image(model.preprocess.normalize(cut(part, rng)), normalize=True).view(part.shape[0], n, -1)
+        out.append((emb * part_text[:, None]).sum(dim=-1).mean(dim=1))
+    return torch.cat(out)
 
 
 def check_candidates(prompts: Sequence[str], candidates: Sequence[str]) -> None:
