@@ -214,7 +214,6 @@ class Generator(nn.Module):
         fn = loss_fn if not latent_weight else _WithLatentL2(loss_fn, self, latent_weight)
         return steer(self, fn, steps=steps, lr=lr, seed=seed, settings=settings, **kwargs)
 
-
     def search_start(self, loss_fn: Callable[..., torch.Tensor], search: int, seed: int, view: str,
                      settings: dict | None) -> dict | None:
         """run()'s search: choose the start when `search` != 1, and return the run's settings with
