@@ -220,7 +220,8 @@ def _eval_guided(args) -> int:
                           "oracle_failed": report.oracle_failed[i] if report.oracle_failed else [],
                           "adversarial": report.adversarial[i] if report.adversarial else None}), flush=True)
     summary = {"task": "guided", "guide": args.model, "judge": args.judge, "generator": args.generator,
-               "steps": args.steps, "cutouts": args.cutouts, "seed": args.seed, **run_options,
+               "steps": args.steps, "cutouts": args.cutouts, "seed": args.seed,
+               **({"search_view": "whole"} if run_options.get("search", 1) > 1 else {}), **run_options,
                **({"prior": args.prior} if args.prior else {}), **_cfg_flag(args), "candidates": len(candidates),
                **report.summary()}
     print(json.dumps(summary), flush=True)
@@ -413,13 +414,16 @@ def _run_options(args) -> dict:
         if search < 1:
             raise InputError(f"--search is how many starts the guide chooses among: an integer >= 1, got {search}")
         if getattr(args, "what", "guided") != "guided":
-            raise InputError(f"--search is for 'eval guided' (an edit starts from its picture), not 'eval {args.what}'")
+            raise InputError(f"--search is for 'eval guided' (it chooses a guided run's start), not 'eval {args.what}'")
         if args.generator not in SEARCHING:
             raise InputError(f"--search needs a generator network to draw starts from ({', '.join(SEARCHING)}), "
                              f"not --generator {args.generator}")
     searched = {"search": search} if search is not None else {}
     search_view = getattr(args, "search_view", None)
     if search_view is not None:
+        if getattr(args, "what", "guided") != "guided":
+            raise InputError(f"--search-view is for 'eval guided' (how its search sees the starts), not "
+                             f"'eval {args.what}'")
         if search is None or search == 1:
             raise InputError("--search-view says how a search sees its starts' pictures: give --search N (N > 1) too")
         searched["search_view"] = search_view
@@ -429,7 +433,7 @@ def _run_options(args) -> dict:
             raise InputError(f"--particles is how many samples run side by side for each picture: an integer >= 1, "
                              f"got {particles}")
         if getattr(args, "what", "guided") != "guided":
-            raise InputError(f"--particles is for 'eval guided' (an edit starts from its picture), not "
+            raise InputError(f"--particles is for 'eval guided' (they are a guided run's samples), not "
                              f"'eval {args.what}'")
         if args.generator != "diffusion":
             raise InputError(f"--particles only applies to --generator diffusion (got {args.generator})")

@@ -173,6 +173,13 @@ def test_an_image_start_is_inverted_on_first_use_only(pixel_model, monkeypatch):
     assert torch.equal(gen(), first) and (gen.latent_l2() == 0).all() and calls == [1]
     other = DiffusionLatent(pixel_model, size=16, init=init, sample_steps=4)
     assert (other.latent_l2() == 0).all() and len(calls) == 2
+    ready = DiffusionLatent(pixel_model, size=16, init=init, sample_steps=4)
+    ready.prepare()                                    # what a caller reading .start directly calls first
+    assert torch.allclose(ready.start, expected, atol=1e-6) and len(calls) == 3
+    given = DiffusionLatent(pixel_model, size=16, init=init, sample_steps=4)
+    given.set_start(torch.ones_like(expected))         # a start given replaces the inversion, never undone
+    given()
+    assert torch.equal(given.latent.detach(), torch.ones_like(expected)) and len(calls) == 3
 
 
 def test_sdedit_strength_controls_how_far_an_edit_goes(pixel_model):
@@ -605,6 +612,42 @@ def test_search_starts_from_the_noise_whose_draft_the_loss_ranks_first(pixel_mod
         edit.run(loss, strength=0.5, progress=False, search=2)
     with pytest.raises(InputError, match="search_view"):
         build().run(loss, progress=False, search=2, search_view="cutouts")
+    fresh = build()
+    with pytest.raises(InputError, match="particles"):                  # refused before the search moves the start
+        fresh.run(loss, progress=False, search=4, particles=0)
+    assert torch.equal(fresh.latent, seeded.latent)
+
+
+class _WholeAndViews(_PerPicture):
+    """A loss with whole-picture losses (redness) and augmented ones (blueness), as CLIPLoss has both."""
+
+    def __call__(self, images, generator=None):
+        blue = torch.tensor([0.0, 0.0, 1.0]).view(1, 3, 1, 1)
+        per = (images - blue).pow(2).flatten(1).mean(1)
+        self.last = {"per_image": per.detach()}
+        return per.mean()
+
+    def whole_picture_losses(self, images):
+        return _per(images)
+
+
+def test_a_search_sees_whole_pictures_or_the_loss_views(pixel_model):
+    """search_view="whole" ranks the drafts by the loss's whole-picture losses, "augmented" by the
+    loss itself: with losses that disagree, the two views choose the reddest and the bluest draft."""
+    build = lambda: DiffusionLatent(pixel_model, size=16, sample_steps=5,  # noqa: E731
+                                    generator=torch.Generator().manual_seed(1))
+    gen = build()
+    rng = torch.Generator().manual_seed(3 + SEARCH_SEED_OFFSET)
+    with torch.no_grad():
+        drafts = gen.decode(torch.cat([gen.latent.detach(), gen.propose(7, rng)]))
+    red, blue = _per(drafts), _WholeAndViews()
+    blue(drafts)
+    blue = blue.last["per_image"]
+    assert red.argmin() != blue.argmin()                  # the two views must disagree for the test to tell them apart
+    run = lambda view: build().run(_WholeAndViews(), guidance_scale=0.0, seed=3, progress=False,  # noqa: E731
+                                   search=8, search_view=view)
+    assert torch.allclose(run("whole").images, drafts[red.argmin()][None], atol=1e-5)
+    assert torch.allclose(run("augmented").images, drafts[blue.argmin()][None], atol=1e-5)
 
 
 def test_command_line_search_and_particles(text_dir, tmp_path, capsys):

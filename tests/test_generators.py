@@ -268,4 +268,4 @@ def test_search_runs_and_refuses_what_it_cannot_do(files, clip, tmp_path, capsys
     assert main(["generate", "a red circle", "--generator", "fourier", "--search", "3", *common]) != 0
     assert "--search needs a generator network" in capsys.readouterr().err
     assert main(["eval", "edits", "--generator", "stylegan", "--search", "3", "--model", str(files["clip"])]) != 0
-    assert "an edit starts from its picture" in capsys.readouterr().err
+    assert "--search is for 'eval guided'" in capsys.readouterr().err

@@ -396,6 +396,7 @@ def test_a_search_ranks_whole_pictures_or_augmented_views():
             self.last = {}
 
         def __call__(self, images, generator=None):
+            self.seed = generator.initial_seed()
             per = images.flatten(1).mean(1) + 1.0
             self.last = {"per_image": per}
             return per.mean()
@@ -405,7 +406,11 @@ def test_a_search_ranks_whole_pictures_or_augmented_views():
 
     x = torch.rand(4, 3, 8, 8)
     assert torch.allclose(ranking_losses(Both(), x, 0, "whole"), x.flatten(1).mean(1))
-    assert torch.allclose(ranking_losses(Both(), x, 0, "augmented"), x.flatten(1).mean(1) + 1.0)
+    both = Both()
+    assert torch.allclose(ranking_losses(both, x, 5, "augmented"), x.flatten(1).mean(1) + 1.0)
+    assert both.seed == 5                                    # the views are drawn from the seed given
+    only_views = lambda images, generator=None: images.flatten(1).mean(1)[:1].mean()   # noqa: E731
+    assert torch.allclose(ranking_losses(only_views, x[:1], 0, "whole"), x[:1].mean().reshape(1))
     with pytest.raises(InputError, match="search_view"):
         check_search_view("crops")
 
@@ -424,3 +429,12 @@ def test_score_encodes_many_pictures_in_chunks_with_the_same_result(model, monke
     assert torch.allclose(whole, torch.cat([S._image(model, x[i:i + 1]) for i in range(7)]), atol=1e-5)
     aug = S._augmented(model, x, text)
     assert aug.shape == (7,) and torch.equal(aug, S._augmented(model, x, text))
+    from clipguide.preprocess import resize_center_crop
+
+    size = model.config.vision.image_size                # views that are the whole picture: each chunk's pictures
+    monkeypatch.setattr(S, "Cutouts", lambda n, **kw: (  # must meet their own texts
+        lambda images, rng: resize_center_crop(images, size).repeat_interleave(n, dim=0)))
+    own = S._text(model, ["a red circle", "a blue square", "a gothic church", "a tree at night", "two red crosses",
+                          "a house in the snow", "three black hexagons"])
+    expected = (S._image(model, x) * own).sum(dim=-1)
+    assert torch.allclose(S._augmented(model, x, own, n=2), expected, atol=1e-5)

@@ -37,8 +37,8 @@ def probe(guide, judge, prompts: list[str], generator: str, search: int, *, seed
             starts = torch.cat([latent[:1].detach(), gen.propose(search - 1, rng).to(latent)])
             drawn = torch.cat([gen.decode(part, 0) for part in starts.split(32)])
         loss = suite_loss(guide, prompt, cutouts)
-        for view in SEARCH_VIEWS:
-            losses[view].append(ranking_losses(loss, drawn, seed + k, view))
+        for view in SEARCH_VIEWS:                    # ranked a chunk at a time, as choose_start ranks
+            losses[view].append(torch.cat([ranking_losses(loss, part, seed + k, view) for part in drawn.split(32)]))
         pictures.append(drawn)
         print(f"{k + 1}/{len(prompts)} {prompt}", file=sys.stderr, flush=True)
     flat = torch.cat(pictures)
@@ -60,7 +60,9 @@ def main() -> None:
     ap.add_argument("--generator-model", default=None, help="the network (default: the bundled one)")
     ap.add_argument("--search", type=int, default=8)
     ap.add_argument("--cfg-scale", type=float, default=None, help="diffusion: classifier-free guidance")
-    ap.add_argument("--sample-steps", type=int, default=None, help="diffusion: steps of each draft")
+    ap.add_argument("--sample-steps", type=int, default=None,
+                    help="diffusion: DDIM steps of each draft (default: the generator's 20; the command line's "
+                    "searches draw them in --steps, 100 in 'eval guided')")
     ap.add_argument("--prompts", default=None, help="a file of prompts, one per line (default: the suite)")
     ap.add_argument("--model", default="default", help="the guide")
     ap.add_argument("--judge", default="judge")

@@ -120,6 +120,10 @@ class Generator(nn.Module):
         d = (params[0] - start.to(params[0])) ** 2
         return d.reshape(d.shape[0], -1).mean(dim=1)
 
+    def prepare(self) -> None:
+        """Make the start ready to be read directly (`start`, the latent): a generator that derives it
+        from its init image on first use (diffusion's inversion) does so now; the others have it."""
+
     def set_start(self, latent: torch.Tensor) -> None:
         """Start from `latent` (1|B, ...), shaped like the latent (e.g. a text prior's prediction):
         both the latent and the point latent_l2() measures from are set to it."""
@@ -167,9 +171,9 @@ class Generator(nn.Module):
                      view: str = "whole") -> torch.Tensor:
         """For each picture, score its current latent (the seeded start, on a fresh generator) and
         `search - 1` random ones (the proposer's or propose(), drawn from seed + SEARCH_SEED_OFFSET) by
-        `loss_fn` on the decoded pictures, forward only, and start from the lowest. `view`: "whole"
-        ranks the whole pictures (ranking_losses), "augmented" the loss's own augmented views, the
-        same for every candidate. Returns the chosen starts' losses (B,)."""
+        `loss_fn` on the decoded pictures, forward only, `chunk` at a time, and start from the
+        lowest. `view`: "whole" ranks the whole pictures, "augmented" the loss's own augmented views
+        drawn from `seed` for each chunk (ranking_losses). Returns the chosen starts' losses (B,)."""
         if isinstance(search, bool) or not isinstance(search, int) or search < 1:
             raise InputError(f"search (how many starts the guide chooses among) must be an integer >= 1, "
                              f"got {search!r}")
@@ -234,9 +238,10 @@ def check_search_view(view: str) -> None:
 def ranking_losses(loss_fn: Callable[..., torch.Tensor], images: torch.Tensor, seed: int = 0,
                    view: str = "whole") -> torch.Tensor:
     """(N,) losses a search ranks N pictures by, without gradients. "whole": the loss of each whole
-    picture when the loss offers it (CLIPLoss.whole_picture_losses: one view, no cutouts); any other
-    callable sees the pictures as given. "augmented": the loss's own views, drawn from `seed`
-    (per_image_loss)."""
+    picture when the loss offers it (CLIPLoss.whole_picture_losses: one view, no cutouts); a loss
+    that does not (any other callable) is called as "augmented" calls it, and sees the pictures as
+    it sees them. "augmented": the loss called on the pictures with a generator seeded by `seed`
+    (per_image_loss), so its own augmented views."""
     whole = getattr(loss_fn, "whole_picture_losses", None)
     if view == "whole" and whole is not None:
         with torch.no_grad():

@@ -50,6 +50,8 @@ from .base import Generator, check_init, check_region, freeze, from_unit, per_im
 _UNETS = ("UNet2DModel", "UNet2DConditionModel")
 _AUTOENCODERS = ("AutoencoderKL", "VQModel")
 _SCHEDULERS = ("DDPMScheduler", "DDIMScheduler")
+# the samplers guided_sample steps with
+SCHEDULERS = ("ddim", "ddpm")
 GUIDANCE_SPACES = ("clean", "noise")
 EDIT_STARTS = ("inversion", "noise")
 EDIT_STRENGTH = {"inversion": 1.0, "noise": 0.6}        # an edit's default strength for each start
@@ -343,8 +345,9 @@ def ddim_invert(model: DiffusionModel, x0: torch.Tensor, steps: int) -> torch.Te
 class DiffusionLatent(Generator):
     """A diffusion model as a generator: the latent is the starting noise x_T, forward() samples it
     deterministically with DDIM (`sample_steps`), and run() does CLIP-guided sampling from it.
-    `init=` images start from their DDIM inversion (made on first use of the latent: forward() or
-    latent_l2(); an edit's run() does not need it), so forward() gives them back. A text-conditional
+    `init=` images start from their DDIM inversion, so forward() gives them back. It is made on first
+    use (forward(), latent_l2(), prepare(); an edit's run() does not need it): until then `latent`
+    and `start` are zeros. A text-conditional
     UNet draws what condition(prompt) last gave it (unconditionally before), with classifier-free
     guidance at `cfg_scale` (None: the model's own setting).
 
@@ -382,6 +385,13 @@ class DiffusionLatent(Generator):
         self.latent = nn.Parameter(start.contiguous())
         self.register_buffer("start", start.detach().clone(), persistent=False)
         self.inverter, self.region = model.conditioned(None), None
+
+    def prepare(self) -> None:
+        self._invert_image()
+
+    def set_start(self, latent: torch.Tensor) -> None:
+        self._inverted = True           # a start given replaces the image's inversion
+        super().set_start(latent)
 
     def _invert_image(self) -> None:
         """Set the latent (and start) of an image-started generator to the image's DDIM inversion by
@@ -448,8 +458,12 @@ class DiffusionLatent(Generator):
         if self.model.text_conditional:             # the provenance says what the UNet drew
             settings = {**(settings or {}), "cfg_scale": self.model.cfg_scale,
                         "text_conditioned": self.model.label is not None}
+        steps = self.sample_steps if steps is None else steps
+        check_sampling(steps, guidance_scale=guidance_scale, guidance_stop=guidance_stop, guidance_space=guidance_space,
+                       recurrence=recurrence, particles=particles, edit_start=edit_start, strength=strength,
+                       scheduler=scheduler, edit=self.init_images is not None, region=self.region is not None)
         settings = self.search_start(loss_fn, search, seed, search_view, settings)
-        return guided_sample(self.model, loss_fn, self.latent.detach(), self.sample_steps if steps is None else steps,
+        return guided_sample(self.model, loss_fn, self.latent.detach(), steps,
                              guidance_scale=guidance_scale, seed=seed, strength=strength, scheduler=scheduler,
                              guidance_space=guidance_space, guidance_stop=guidance_stop, recurrence=recurrence,
                              particles=particles, init_images=self.init_images, callback=callback,
@@ -509,6 +523,42 @@ def check_guidance(guidance_scale: float = 0.15, guidance_stop: float = 1.0) -> 
                          f"got {guidance_stop}")
 
 
+def check_sampling(steps: int, *, guidance_scale: float = 0.15, guidance_stop: float = 1.0,
+                   guidance_space: str = "clean", recurrence: int = 1, particles: int = 1,
+                   edit_start: str | None = None, strength: float | None = None, scheduler: str = "ddim",
+                   edit: bool = False, region: bool = False) -> tuple[str, float]:
+    """Refuse guided_sample's arguments that cannot work, before anything is drawn (DiffusionLatent.run
+    checks them before its search); returns the edit's start and the strength, defaults resolved
+    (strength 1 without an image: sampling starts from pure noise)."""
+    if steps < 1:
+        raise InputError(f"steps must be >= 1, got {steps}")
+    check_guidance(guidance_scale, guidance_stop)
+    if guidance_space not in GUIDANCE_SPACES:
+        raise InputError(f"guidance_space {guidance_space!r} is not one of {GUIDANCE_SPACES}")
+    if isinstance(recurrence, bool) or not isinstance(recurrence, int) or recurrence < 1:
+        raise InputError(f"recurrence must be an integer >= 1, got {recurrence!r}")
+    if isinstance(particles, bool) or not isinstance(particles, int) or particles < 1:
+        raise InputError(f"particles (how many samples the guide resamples for each picture) must be an integer "
+                         f">= 1, got {particles!r}")
+    if scheduler not in SCHEDULERS:
+        raise InputError(f"scheduler {scheduler!r} is not one of {sorted(SCHEDULERS)}")
+    edit_start, edit_strength = edit_settings(edit_start, strength, scheduler)
+    if strength is None:
+        strength = edit_strength if edit else 1.0
+    if edit_start not in EDIT_STARTS:
+        raise InputError(f"edit_start {edit_start!r} is not one of {EDIT_STARTS} (how an edit takes its image up the "
+                         "schedule: DDIM inversion, or SDEdit's noise)")
+    if not 0 < strength <= 1:
+        raise InputError(f"strength (how far up the schedule an edit takes its image) must be in (0, 1], got {strength}")
+    if region and not edit:
+        raise InputError("a region limits an edit: it needs init images to keep outside it (start from an image, "
+                         "or leave the region out)")
+    if particles > 1 and edit:
+        raise InputError("this sampling starts from an image; particles would replace it with random starts "
+                         "(particles=1 keeps it)")
+    return edit_start, float(strength)
+
+
 def guided_sample(model: DiffusionModel, loss_fn: Callable[..., torch.Tensor], noise: torch.Tensor, steps: int, *,
                   guidance_scale: float = 0.15, seed: int = 0, strength: float | None = None, scheduler: str = "ddim",
                   guidance_space: str = "clean", guidance_stop: float = 1.0, recurrence: int = 1, particles: int = 1,
@@ -531,38 +581,19 @@ def guided_sample(model: DiffusionModel, loss_fn: Callable[..., torch.Tensor], n
 
     `particles` = K > 1 runs K samples (particles) for each picture: the seeded noise and K - 1 fresh
     draws (not for an edit, which starts from its image). After every guided step the loss of each
-    particle's predicted clean picture ranks the K (also with guidance_scale 0: a search by the
-    loss's choice alone); the better half is kept, twice over, and a stochastic sampler (DDPM, or
+    particle's predicted clean picture ranks the K (also with guidance_scale 0: a choice by the
+    loss alone); the better half is kept, twice over, and a stochastic sampler (DDPM, or
     DDIM with eta 1) makes the copies part again. The picture returned
     is the particle the loss ranks first at the end. The ranking uses the guidance loss alone (it
     needs per-picture values: CLIPLoss's `last["per_image"]`), not the regularisers."""
     from ..guide.steer import StepInfo, SteerResult, StopSteering, _provenance, stop_reason, total_loss
 
-    if steps < 1:
-        raise InputError(f"steps must be >= 1, got {steps}")
-    check_guidance(guidance_scale, guidance_stop)
-    if guidance_space not in GUIDANCE_SPACES:
-        raise InputError(f"guidance_space {guidance_space!r} is not one of {GUIDANCE_SPACES}")
-    if isinstance(recurrence, bool) or not isinstance(recurrence, int) or recurrence < 1:
-        raise InputError(f"recurrence must be an integer >= 1, got {recurrence!r}")
-    if isinstance(particles, bool) or not isinstance(particles, int) or particles < 1:
-        raise InputError(f"particles (how many samples the guide resamples for each picture) must be an integer "
-                         f">= 1, got {particles!r}")
-    edit_start, edit_strength = edit_settings(edit_start, strength, scheduler)
-    if strength is None:                        # without an image, sampling starts from pure noise
-        strength = edit_strength if init_images is not None else 1.0
-    if edit_start not in EDIT_STARTS:
-        raise InputError(f"edit_start {edit_start!r} is not one of {EDIT_STARTS} (how an edit takes its image up the "
-                         "schedule: DDIM inversion, or SDEdit's noise)")
-    if not 0 < strength <= 1:
-        raise InputError(f"strength (how far up the schedule an edit takes its image) must be in (0, 1], got {strength}")
-    if region is not None and init_images is None:
-        raise InputError("a region limits an edit: it needs init images to keep outside it (start from an image, "
-                         "or leave the region out)")
+    edit_start, strength = check_sampling(steps, guidance_scale=guidance_scale, guidance_stop=guidance_stop,
+                                          guidance_space=guidance_space, recurrence=recurrence, particles=particles,
+                                          edit_start=edit_start, strength=strength, scheduler=scheduler,
+                                          edit=init_images is not None, region=region is not None)
     d = _diffusers()
     kinds = {"ddim": d.DDIMScheduler, "ddpm": d.DDPMScheduler}
-    if scheduler not in kinds:
-        raise InputError(f"scheduler {scheduler!r} is not one of {sorted(kinds)}")
     sched = kinds[scheduler].from_config(model.scheduler.config)
     sched.set_timesteps(steps)
     rng = torch.Generator(device="cpu").manual_seed(int(seed))
@@ -570,9 +601,6 @@ def guided_sample(model: DiffusionModel, loss_fn: Callable[..., torch.Tensor], n
     pictures, k = noise.shape[0], particles
     x = noise
     if k > 1:                                   # particle j of picture b is row b * k + j
-        if init_images is not None:
-            raise InputError("this sampling starts from an image; particles would replace it with random starts "
-                             "(particles=1 keeps it)")
         drawn = torch.randn((pictures, k - 1, *noise.shape[1:]), generator=rng).to(noise)
         x = torch.cat([noise[:, None], drawn], dim=1).flatten(0, 1)
     start = time.perf_counter()
@@ -643,7 +671,7 @@ def guided_sample(model: DiffusionModel, loss_fn: Callable[..., torch.Tensor], n
                 x = sched.step(out, t, x.detach(), **step_options).prev_sample
             if stopped:
                 break
-            if k > 1 and i < guided_steps:      # the search resamples where guidance acts
+            if k > 1 and i < guided_steps:      # the particles are resampled where guidance acts
                 x = x[_resample(ranked.view(pictures, k))]
             losses.append(value)
             if frame_every and i % frame_every == 0:

@@ -524,6 +524,7 @@ def encode_pairs(cfg: PriorTrainConfig, network, guide, progress: bool = True, c
         images, captions = images[:keep], list(captions[:keep])
         with torch.no_grad():
             gen = build_generator(cfg.family, network=network, init=images, batch=len(images), size=cfg.size)
+            gen.prepare()
             latents.append(gen.start.detach().half().cpu())
             embeddings.append(guide.encode_text(guide.tokenize(captions, truncate=True), normalize=True).half())
         if bar is not None:
