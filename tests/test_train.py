@@ -254,7 +254,10 @@ _DIST_SCRIPT = textwrap.dedent("""
 """)
 
 
-_SOCKET_TROUBLE = ("Address already in use", "Connection refused", "Connection reset", "timed out")
+# troubles of the processes' meeting and parting, not of the training: worth a second try (a busy
+# machine's sockets; a gloo thread torn down while the process group is destroyed aborts the process)
+_SOCKET_TROUBLE = ("Address already in use", "Connection refused", "Connection reset", "timed out",
+                   "terminate called without an active exception")
 
 
 def _run_dist(tmp_path: Path, nproc: int, overrides: list[str]) -> dict:
@@ -265,7 +268,7 @@ def _run_dist(tmp_path: Path, nproc: int, overrides: list[str]) -> dict:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
            str(script), json.dumps(overrides), str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    for _ in range(2):      # a second try only when the processes could not meet (a busy machine's sockets)
+    for _ in range(2):      # a second try only when the processes could not meet or part (_SOCKET_TROUBLE)
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
         if res.returncode == 0 or not any(m in res.stderr for m in _SOCKET_TROUBLE):
             break
