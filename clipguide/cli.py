@@ -201,6 +201,7 @@ def cmd_eval(args) -> int:
 def _eval_guided(args) -> int:
     import clipguide
     from clipguide.guide.suite import guided_eval, world_prompt_suite
+    from clipguide.generators.base import SEARCH_VIEWS           # the first is the default
 
     run_options = _run_options(args)                      # options checked before anything loads
     _steering_settings(args)
@@ -221,7 +222,7 @@ def _eval_guided(args) -> int:
                           "adversarial": report.adversarial[i] if report.adversarial else None}), flush=True)
     summary = {"task": "guided", "guide": args.model, "judge": args.judge, "generator": args.generator,
                "steps": args.steps, "cutouts": args.cutouts, "seed": args.seed,
-               **({"search_view": "whole"} if run_options.get("search", 1) > 1 else {}), **run_options,
+               **({"search_view": SEARCH_VIEWS[0]} if run_options.get("search", 1) > 1 else {}), **run_options,
                **({"prior": args.prior} if args.prior else {}), **_cfg_flag(args), "candidates": len(candidates),
                **report.summary()}
     print(json.dumps(summary), flush=True)

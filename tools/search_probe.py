@@ -20,7 +20,7 @@ import torch
 
 import clipguide
 from clipguide.generators import load_network
-from clipguide.generators.base import SEARCH_SEED_OFFSET, SEARCH_VIEWS, ranking_losses
+from clipguide.generators.base import SEARCH_CHUNK, SEARCH_SEED_OFFSET, SEARCH_VIEWS, ranking_losses
 from clipguide.guide.score import score
 from clipguide.guide.suite import _generator, suite_loss, world_prompt_suite
 
@@ -33,12 +33,11 @@ def probe(guide, judge, prompts: list[str], generator: str, search: int, *, seed
         gen, _ = _generator(guide, generator, None, seed + k, network, options=options, prompt=prompt)
         rng = torch.Generator().manual_seed(seed + k + SEARCH_SEED_OFFSET)     # as choose_start draws
         with torch.no_grad():
-            latent = gen.latent_parameters()[0]
-            starts = torch.cat([latent[:1].detach(), gen.propose(search - 1, rng).to(latent)])
-            drawn = torch.cat([gen.decode(part, 0) for part in starts.split(32)])
+            drawn = torch.cat([gen.decode(part, 0) for part in gen.start_candidates(0, search, rng).split(SEARCH_CHUNK)])
         loss = suite_loss(guide, prompt, cutouts)
         for view in SEARCH_VIEWS:                    # ranked a chunk at a time, as choose_start ranks
-            losses[view].append(torch.cat([ranking_losses(loss, part, seed + k, view) for part in drawn.split(32)]))
+            losses[view].append(torch.cat([ranking_losses(loss, part, seed + k, view)
+                                           for part in drawn.split(SEARCH_CHUNK)]))
         pictures.append(drawn)
         print(f"{k + 1}/{len(prompts)} {prompt}", file=sys.stderr, flush=True)
     flat = torch.cat(pictures)

@@ -98,6 +98,8 @@ SEARCH_SEED_OFFSET = 7919
 # how a search sees each candidate start's picture: whole (one view, no augmentation; the default)
 # or through the loss's own augmented views (cutouts)
 SEARCH_VIEWS = ("whole", "augmented")
+# starts a search decodes and ranks at once
+SEARCH_CHUNK = 32
 
 
 class Generator(nn.Module):
@@ -167,8 +169,17 @@ class Generator(nn.Module):
         fixed per-picture state (noise) of batch item `index`."""
         raise NotImplementedError(f"{type(self).__name__} does not define decode")
 
-    def choose_start(self, loss_fn: Callable[..., torch.Tensor], search: int, seed: int = 0, chunk: int = 32,
-                     view: str = "whole") -> torch.Tensor:
+    def start_candidates(self, index: int, search: int, generator: torch.Generator) -> torch.Tensor:
+        """The starts a search weighs for picture `index`: its current latent row and `search - 1`
+        drawn from `generator` by the proposer (or propose()), stacked like rows of the latent."""
+        latent = self.latent_parameters()[0]
+        rows = latent[index:index + 1].detach()
+        if search > 1:
+            rows = torch.cat([rows, (self.proposer or self.propose)(search - 1, generator).to(latent)])
+        return rows
+
+    def choose_start(self, loss_fn: Callable[..., torch.Tensor], search: int, seed: int = 0,
+                     chunk: int = SEARCH_CHUNK, view: str = "whole") -> torch.Tensor:
         """For each picture, score its current latent (the seeded start, on a fresh generator) and
         `search - 1` random ones (the proposer's or propose(), drawn from seed + SEARCH_SEED_OFFSET) by
         `loss_fn` on the decoded pictures, forward only, `chunk` at a time, and start from the
@@ -190,10 +201,7 @@ class Generator(nn.Module):
         chosen = []
         with torch.no_grad():
             for b in range(latent.shape[0]):
-                candidates = latent[b:b + 1].detach()
-                if search > 1:
-                    drawn = (self.proposer or self.propose)(search - 1, rng).to(latent)
-                    candidates = torch.cat([candidates, drawn])
+                candidates = self.start_candidates(b, search, rng)
                 losses = torch.cat([ranking_losses(loss_fn, self.decode(part, b), seed, view)
                                     for part in candidates.split(chunk)])
                 best = int(losses.argmin())

@@ -386,14 +386,11 @@ class DiffusionLatent(Generator):
         self.register_buffer("start", start.detach().clone(), persistent=False)
         self.inverter, self.region = model.conditioned(None), None
 
-    def prepare(self) -> None:
-        self._invert_image()
-
     def set_start(self, latent: torch.Tensor) -> None:
         self._inverted = True           # a start given replaces the image's inversion
         super().set_start(latent)
 
-    def _invert_image(self) -> None:
+    def prepare(self) -> None:
         """Set the latent (and start) of an image-started generator to the image's DDIM inversion by
         the model as built (before condition()) in sample_steps steps, once, so that forward() draws
         the image."""
@@ -406,7 +403,7 @@ class DiffusionLatent(Generator):
         self._inverted = True
 
     def latent_l2(self) -> torch.Tensor:
-        self._invert_image()
+        self.prepare()
         return super().latent_l2()
 
     def condition(self, prompt: str | None, source: str | None = None) -> None:
@@ -424,8 +421,8 @@ class DiffusionLatent(Generator):
         self.region = region
 
     def forward(self) -> torch.Tensor:
-        self._invert_image()
-        return self.model.decode(ddim_sample(self.model, self.latent, self.sample_steps))
+        self.prepare()
+        return self.decode(self.latent)
 
     @property
     def from_image(self) -> bool:
